@@ -1,0 +1,216 @@
+"""Plain, frozen data types shared by every layer. No I/O, no imports from the package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+OUT_OF_SCOPE = "out_of_scope"
+
+Action = Literal["repaired", "reasked", "rejected", "accepted"]
+VerdictStatus = Literal["clean", "repaired", "lossy", "failed"]
+
+
+@dataclass(frozen=True)
+class Email:
+    """One customer email, already parsed to text."""
+
+    id: str
+    subject: str
+    body: str
+    sender: str = ""
+    source: str = ""  # file path (and line) it came from
+    attachments: tuple[str, ...] = ()  # names of attachments that were ignored
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failure mode the validator saw: which, where, and what was done about it."""
+
+    code: str
+    where: str  # "offset 12" or a JSON path such as "$.department"
+    action: Action
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"code": self.code, "where": self.where, "action": self.action}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The validator's answer for one raw model output."""
+
+    status: VerdictStatus
+    value: Any = None  # the recovered JSON value; None when failed
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(f.code for f in self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "value": self.value,
+            "codes": [f.to_dict() for f in self.findings],
+        }
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What is sent to the model: rendered messages plus generation parameters."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content)
+    max_tokens: int = 256
+    temperature: float = 0.0
+    schema: dict[str, Any] | None = None  # JSON Schema for structured output, if any
+    schema_name: str = "output"
+
+
+@dataclass(frozen=True)
+class ChatResponse:
+    """What came back, with the cost of getting it."""
+
+    text: str
+    finish_reason: str | None
+    model: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_ms: float = 0.0
+    attempts: int = 1  # HTTP attempts, retries included
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    department: str
+    confidence: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved catalogue passage."""
+
+    product_id: str
+    passage_id: str
+    score: float
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "product_id": self.product_id,
+            "passage_id": self.passage_id,
+            "score": round(self.score, 6),
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class Draft:
+    reply: str
+    product_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One model call inside a stage and the validator's verdict on it."""
+
+    number: int
+    raw: str
+    finish_reason: str | None
+    status: VerdictStatus
+    findings: tuple[Finding, ...]
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """The trace of one stage for one email."""
+
+    stage: str
+    status: Literal["ok", "failed", "skipped"]
+    prompt_hash: str = ""
+    model: str = ""
+    attempts: tuple[Attempt, ...] = ()
+    input_hash: str = ""
+    latency_ms: float = 0.0
+    error: str = ""
+
+    @property
+    def failure_codes(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for a in self.attempts:
+            for f in a.findings:
+                seen.setdefault(f.code, None)
+        return tuple(seen)
+
+    @property
+    def tokens_in(self) -> int:
+        return sum(a.tokens_in for a in self.attempts)
+
+    @property
+    def tokens_out(self) -> int:
+        return sum(a.tokens_out for a in self.attempts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "prompt_hash": self.prompt_hash,
+            "model": self.model,
+            "attempts": len(self.attempts),
+            "failure_codes": list(self.failure_codes),
+            "validator_status": self.attempts[-1].status if self.attempts else None,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "latency_ms": round(self.latency_ms, 1),
+            "input_hash": self.input_hash,
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome for one email: a result or an explicit failure record."""
+
+    id: str
+    status: Literal["ok", "failed"]
+    source: str = ""
+    route: RouteDecision | None = None
+    hits: tuple[Hit, ...] = ()
+    draft: Draft | None = None
+    stages: tuple[StageRecord, ...] = ()
+    error: str = ""
+
+    @property
+    def department(self) -> str | None:
+        return self.route.department if self.route else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "source": self.source,
+            "department": self.department,
+            "confidence": self.route.confidence if self.route else None,
+            "route_reason": self.route.reason if self.route else None,
+            "hits": [h.to_dict() for h in self.hits],
+            "draft": self.draft.reply if self.draft else None,
+            "cited_product_ids": list(self.draft.product_ids) if self.draft else [],
+            "stages": [s.to_dict() for s in self.stages],
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
