@@ -105,7 +105,8 @@ class ValidationSettings:
 
 @dataclass(frozen=True)
 class InputSettings:
-    max_email_bytes: int = 1_000_000
+    max_email_bytes: int = 1_000_000  # a larger input file or email is refused with a failure record
+    max_prompt_chars: int = 4000  # longer bodies are cut to this many characters before they reach a prompt
 
 
 @dataclass(frozen=True)

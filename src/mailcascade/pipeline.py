@@ -1,0 +1,204 @@
+"""The cascade: route -> retrieve -> draft. The only module that knows the stage order.
+
+A failure in one email becomes that email's failure record; it never escapes `run`, `arun` or `run_many`.
+A Pipeline is safe to share across threads and asyncio tasks: per-email state lives in local variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailcascade.catalog import Embedder, open_index
+from mailcascade.config import Settings, load_settings
+from mailcascade.errors import EmailParseError, MailcascadeError
+from mailcascade.llm import LocalServer, OpenAIClient, local_server_if_needed
+from mailcascade.llm.base import LLM
+from mailcascade.llm.cache import CachedLLM
+from mailcascade.prompts import Prompt, load_prompts
+from mailcascade.stages import draft as draft_stage
+from mailcascade.stages import retrieve as retrieve_stage
+from mailcascade.stages import route as route_stage
+from mailcascade.stages.call import Budget, StageOutput
+from mailcascade.store import Store
+from mailcascade.types import OUT_OF_SCOPE, Email, Result, StageRecord
+from mailcascade.validate import Policy, default_policy
+
+STAGES = ("route", "retrieve", "draft")
+Item = Email | EmailParseError
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        llm: LLM,
+        prompts: dict[str, Prompt],
+        store: Store | None = None,
+        index: retrieve_stage.Searcher | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        for name in ("route", "draft"):
+            if name not in prompts:
+                raise MailcascadeError(f"no '{name}' prompt in {settings.prompts_path()}")
+        self.settings = settings
+        self.llm = llm
+        self.prompts = prompts
+        self.store = store
+        self.policies: dict[str, Policy] = {
+            stage: default_policy().with_overrides(settings.validation.policy.get(stage, {})) for stage in STAGES
+        }
+        self._index = index
+        self._index_lock = threading.Lock()
+        self._server: contextlib.ExitStack | None = None
+        self.run_id = run_id or (store.start_run("pipeline", settings.to_dict()) if store else "")
+
+    @classmethod
+    def from_config(
+        cls, path: str | Path | None = None, *, settings: Settings | None = None, llm: LLM | None = None
+    ) -> Pipeline:
+        """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client."""
+        settings = settings or load_settings(path)
+        store = Store(settings.store.path)
+        base: LLM = llm or OpenAIClient(settings.llm)
+        if settings.store.cache_llm:
+            base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
+        return cls(settings, base, load_prompts(settings.prompts_path()), store=store)
+
+    # lifecycle ----------------------------------------------------------
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> LocalServer | None:
+        """Start the embedded model server if the settings point at it and nothing answers there."""
+        if self._server is None:
+            self._server = contextlib.ExitStack()
+            return self._server.enter_context(local_server_if_needed(self.settings))
+        return None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    @property
+    def index(self) -> retrieve_stage.Searcher:
+        with self._index_lock:
+            if self._index is None:
+                self._index = open_index(self.settings, Embedder(self.settings.embedding))
+            return self._index
+
+    # one email ----------------------------------------------------------
+    def run(self, email: Email) -> Result:
+        try:
+            budget = self._budget()
+            routed = route_stage.route(email, self.llm, self.prompts["route"], self.settings,
+                                       self.policies["route"], budget)
+            department = routed.value.department if routed.value else None
+            retrieved = retrieve_stage.retrieve(email, department, self.index, self.settings.retrieval,
+                                                self.settings.input.max_prompt_chars)
+            drafted = None
+            if routed.value is not None:
+                drafted = draft_stage.draft(email, department or OUT_OF_SCOPE, retrieved.value or (), self.llm,
+                                            self.prompts["draft"], self.settings, self.policies["draft"], budget)
+            return self._finish(email, routed, retrieved, drafted)
+        except Exception as exc:  # noqa: BLE001 - one email's crash must not take the batch down
+            return failure(email.id, email.source, exc)
+
+    async def arun(self, email: Email) -> Result:
+        try:
+            budget = self._budget()
+            routed = await route_stage.aroute(email, self.llm, self.prompts["route"], self.settings,
+                                              self.policies["route"], budget)
+            department = routed.value.department if routed.value else None
+            retrieved = await asyncio.to_thread(retrieve_stage.retrieve, email, department, self.index,
+                                                self.settings.retrieval, self.settings.input.max_prompt_chars)
+            drafted = None
+            if routed.value is not None:
+                drafted = await draft_stage.adraft(email, department or OUT_OF_SCOPE, retrieved.value or (),
+                                                   self.llm, self.prompts["draft"], self.settings,
+                                                   self.policies["draft"], budget)
+            return await asyncio.to_thread(self._finish, email, routed, retrieved, drafted)
+        except Exception as exc:  # noqa: BLE001
+            return failure(email.id, email.source, exc)
+
+    # many emails --------------------------------------------------------
+    def run_many(
+        self, items: Iterable[Item], concurrency: int | None = None,
+        on_result: Callable[[int, Result], None] | None = None,
+    ) -> list[Result]:
+        """Run every item; results come back in input order, one per item (parse errors become failures).
+
+        `on_result(position, result)` is called as each one finishes, in completion order.
+        """
+        return asyncio.run(self.arun_many(items, concurrency, on_result))
+
+    async def arun_many(
+        self, items: Iterable[Item], concurrency: int | None = None,
+        on_result: Callable[[int, Result], None] | None = None,
+    ) -> list[Result]:
+        limit = asyncio.Semaphore(max(1, concurrency or self.settings.concurrency))
+
+        async def one(position: int, item: Item) -> Result:
+            async with limit:
+                result = await self.arun(item) if isinstance(item, Email) else parse_failure(item)
+            if on_result is not None:
+                on_result(position, result)
+            return result
+
+        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+
+    # internals ----------------------------------------------------------
+    def _budget(self) -> Budget:
+        return Budget(reask_tokens_left=self.settings.validation.max_reask_tokens)
+
+    def _finish(
+        self, email: Email, routed: StageOutput[Any], retrieved: StageOutput[Any], drafted: StageOutput[Any] | None
+    ) -> Result:
+        outputs: list[StageOutput[Any]] = [routed, retrieved]
+        if drafted is not None:
+            outputs.append(drafted)
+        self._log(email, outputs)
+        records: list[StageRecord] = [o.record for o in outputs]
+        if drafted is None:
+            records.append(StageRecord(stage="draft", status="skipped", error="route failed"))
+        failed = [r for r in records if r.status == "failed"]
+        return Result(
+            id=email.id,
+            status="failed" if failed else "ok",
+            source=email.source,
+            route=routed.value,
+            hits=retrieved.value or (),
+            draft=drafted.value if drafted else None,
+            stages=tuple(records),
+            error="; ".join(r.error for r in failed),
+        )
+
+    def _log(self, email: Email, outputs: Sequence[StageOutput[Any]]) -> None:
+        if self.store is None:
+            return
+        body = f"Subject: {email.subject}\n\n{email.body}" if self.settings.store.store_email_bodies else None
+        for out in outputs:
+            if out.record.attempts:
+                self.store.log_stage(self.run_id, email.id, out.record, schema=out.schema, context=out.context,
+                                     actions=out.actions, email_body=body)
+
+    def __repr__(self) -> str:
+        return f"Pipeline(model={self.llm.model!r}, prompts={sorted(self.prompts)}, run_id={self.run_id!r})"
+
+
+def failure(email_id: str, source: str, exc: BaseException) -> Result:
+    kind = "" if isinstance(exc, MailcascadeError) else f"{type(exc).__name__}: "
+    return Result(id=email_id, status="failed", source=source, error=f"{kind}{exc}")
+
+
+def parse_failure(error: EmailParseError) -> Result:
+    return Result(id=error.source or "unknown", status="failed", source=error.source, error=error.reason)

@@ -1,0 +1,1 @@
+"""The cascade's stages: plain typed functions. Stages never import each other."""

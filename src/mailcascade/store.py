@@ -1,0 +1,147 @@
+"""SQLite store: every validator verdict (the failure log), the LLM response cache, and runs.
+
+One connection guarded by a lock, so a Store can be shared across threads and tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailcascade.types import ChatResponse, StageRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, command TEXT, started REAL, finished REAL, config TEXT, summary TEXT
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  run_id TEXT, email_id TEXT, stage TEXT, model TEXT, prompt_hash TEXT,
+  attempt INTEGER, raw TEXT, finish_reason TEXT, status TEXT, findings TEXT, action TEXT,
+  tokens_in INTEGER, tokens_out INTEGER, latency_ms REAL, cached INTEGER,
+  schema TEXT, context TEXT, email_body TEXT, created REAL
+);
+CREATE INDEX IF NOT EXISTS verdicts_stage ON verdicts(stage, prompt_hash, model);
+CREATE TABLE IF NOT EXISTS llm_cache (
+  key TEXT PRIMARY KEY, response TEXT, created REAL, hits INTEGER DEFAULT 0
+);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._conn.row_factory = sqlite3.Row
+        with self._lock, self._conn:
+            if self.path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # runs -------------------------------------------------------------
+    def start_run(self, command: str, config: Mapping[str, Any], run_id: str | None = None) -> str:
+        run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO runs(run_id, command, started, config) VALUES (?,?,?,?)",
+                (run_id, command, time.time(), json.dumps(config, sort_keys=True)),
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
+        with self._lock, self._conn:
+            self._conn.execute(
+                "UPDATE runs SET finished=?, summary=? WHERE run_id=?", (time.time(), json.dumps(summary), run_id)
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM runs ORDER BY started").fetchall()
+        return [dict(r) for r in rows]
+
+    # failure log ------------------------------------------------------
+    def log_stage(
+        self,
+        run_id: str,
+        email_id: str,
+        record: StageRecord,
+        *,
+        schema: Mapping[str, Any] | None,
+        context: Mapping[str, Any] | None,
+        actions: Sequence[str],
+        email_body: str | None = None,
+    ) -> None:
+        """One row per attempt of one stage; `actions[i]` is what the pipeline did after attempt i."""
+        now = time.time()
+        rows = [
+            (
+                run_id, email_id, record.stage, record.model, record.prompt_hash, a.number, a.raw, a.finish_reason,
+                a.status, json.dumps([f.to_dict() for f in a.findings]), actions[i] if i < len(actions) else "",
+                a.tokens_in, a.tokens_out, a.latency_ms, int(a.cached),
+                json.dumps(schema, sort_keys=True) if schema is not None else None,
+                json.dumps(context, sort_keys=True) if context is not None else None,
+                email_body, now,
+            )
+            for i, a in enumerate(record.attempts)
+        ]
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO verdicts(run_id, email_id, stage, model, prompt_hash, attempt, raw, finish_reason,"
+                " status, findings, action, tokens_in, tokens_out, latency_ms, cached, schema, context, email_body,"
+                " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+
+    def verdicts(self, *, run_id: str | None = None, stage: str | None = None) -> Iterator[dict[str, Any]]:
+        sql = "SELECT * FROM verdicts WHERE 1=1"
+        args: list[Any] = []
+        if run_id:
+            sql += " AND run_id=?"
+            args.append(run_id)
+        if stage:
+            sql += " AND stage=?"
+            args.append(stage)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        for r in rows:
+            row = dict(r)
+            row["findings"] = json.loads(row["findings"] or "[]")
+            row["schema"] = json.loads(row["schema"]) if row["schema"] else None
+            row["context"] = json.loads(row["context"]) if row["context"] else None
+            yield row
+
+    # LLM response cache -----------------------------------------------
+    def cache_get(self, key: str) -> ChatResponse | None:
+        with self._lock:
+            row = self._conn.execute("SELECT response FROM llm_cache WHERE key=?", (key,)).fetchone()
+            if row is None:
+                return None
+            with self._conn:
+                self._conn.execute("UPDATE llm_cache SET hits = hits + 1 WHERE key=?", (key,))
+        data = json.loads(row["response"])
+        return ChatResponse(**{**data, "cached": True})
+
+    def cache_put(self, key: str, response: ChatResponse) -> None:
+        data = {
+            "text": response.text, "finish_reason": response.finish_reason, "model": response.model,
+            "tokens_in": response.tokens_in, "tokens_out": response.tokens_out,
+            "latency_ms": response.latency_ms, "attempts": response.attempts,
+        }
+        with self._lock, self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO llm_cache(key, response, created) VALUES (?,?,?)",
+                (key, json.dumps(data), time.time()),
+            )
