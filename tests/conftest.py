@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fakeserver import FakeServer
 
+from fakeserver import FakeServer
 from mailcascade.config import LLMSettings
 
 

@@ -108,6 +108,8 @@ class FakeServer:
         self._script: deque[Step] = deque()
         self._requests: list[Recorded] = []
         self._ids = itertools.count(1)
+        self._in_flight = 0
+        self._max_in_flight = 0
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -119,7 +121,7 @@ class FakeServer:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         self._httpd.daemon_threads = False  # server_close() joins the handler threads
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-openai", daemon=True)
         self._thread.start()
         return self
 
@@ -176,6 +178,12 @@ class FakeServer:
         """The JSON bodies of the chat requests, in arrival order."""
         return [r.body for r in self.chat_requests if r.body is not None]
 
+    @property
+    def max_in_flight(self) -> int:
+        """The most chat requests that were being handled at the same time."""
+        with self._lock:
+            return self._max_in_flight
+
     def clear(self) -> None:
         with self._lock:
             self._script.clear()
@@ -186,6 +194,15 @@ class FakeServer:
     def _record(self, rec: Recorded) -> None:
         with self._lock:
             self._requests.append(rec)
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _next_step(self, body: dict[str, Any]) -> Step:
         with self._lock:
@@ -227,7 +244,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.fake._record(Recorded("GET", self.path, None, dict(self.headers), time.monotonic()))
         if self.path.rstrip("/") == "/v1/models":
-            self._json(200, {"object": "list", "data": [{"id": self.fake.model, "object": "model", "owned_by": "fake"}]})
+            model = {"id": self.fake.model, "object": "model", "owned_by": "fake"}
+            self._json(200, {"object": "list", "data": [model]})
         else:
             self._json(404, _error(f"no route for GET {self.path}", "not_found"))
 
@@ -245,7 +263,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             self._json(400, _error("request body is not a JSON object", "invalid_request_error"))
             return
-        self._answer(self.fake._next_step(body), body)
+        self.fake._enter()
+        try:
+            self._answer(self.fake._next_step(body), body)
+        finally:
+            self.fake._leave()
 
     def _answer(self, step: Step, body: dict[str, Any]) -> None:
         fake = self.fake

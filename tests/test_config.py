@@ -80,3 +80,14 @@ def test_bad_config_names_the_problem(tmp_path: Path, toml: str, needle: str) ->
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_the_example_config_lists_the_true_defaults() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "mailcascade.toml"
+    loaded = load_settings(example, env={})
+    defaults = load_settings(None, env={})
+    # relative paths in a file are relative to that file
+    assert loaded.catalog.index_dir == str(example.parent / ".mailcascade" / "index")
+    assert loaded.store.path == str(example.parent / ".mailcascade" / "mailcascade.db")
+    loaded = loaded.replace(catalog=defaults.catalog, store=defaults.store, source="")
+    assert loaded == defaults.replace(source="")

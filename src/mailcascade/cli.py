@@ -59,6 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(status)
     status.set_defaults(func=cmd_index_status)
 
+    val = sub.add_parser("validate", help="validate raw model outputs against a JSON Schema; one JSON verdict each")
+    val.add_argument("inputs", nargs="+", metavar="INPUT", help="files holding one raw output each; - for stdin")
+    val.add_argument("--schema", required=True, metavar="FILE", help="JSON Schema file")
+    val.add_argument("--finish-reason", metavar="R", help="the model's finish_reason (e.g. length)")
+    val.set_defaults(func=cmd_validate)
+
+    fail = sub.add_parser("failures", help="the failure log: funnel per stage, counts and token cost per code")
+    _store_args(fail)
+    fail.add_argument("--examples", metavar="CODE", help="print stored raw outputs that showed CODE")
+    fail.add_argument("--limit", type=int, default=5, help="how many examples (default 5)")
+    fail.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    fail.set_defaults(func=cmd_failures)
+    fsub = fail.add_subparsers(metavar="ACTION")
+    replay = fsub.add_parser("replay", help="re-validate stored outputs with the current validator; show changes")
+    _store_args(replay)
+    replay.add_argument("--all", action="store_true", help="list unchanged verdicts too")
+    replay.set_defaults(func=cmd_failures_replay)
+    export = fsub.add_parser("export", help="write stored outputs with CODE as validator test fixtures (JSONL)")
+    export.add_argument("code")
+    export.add_argument("--out", default="tests/corpus/exported", help="folder (default tests/corpus/exported)")
+    _store_args(export)
+    export.set_defaults(func=cmd_failures_export)
+
     model = sub.add_parser("model", help="the embedded local model server")
     msub = model.add_subparsers(metavar="ACTION")
     serve = msub.add_parser("serve", help="run the llama.cpp server with SmolLM2-135M-Instruct until Ctrl-C")
@@ -70,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="mailcascade.toml (default: ./mailcascade.toml if present, "
                    "else built-in defaults; environment overrides either)")
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--db", metavar="FILE", help="the failure log database (default: config store.path)")
+    p.add_argument("--run", metavar="RUN_ID", help="only this run")
+    p.add_argument("--stage", help="only this stage")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -155,6 +185,71 @@ def cmd_index_status(args: argparse.Namespace) -> int:
     from mailcascade.catalog import index_status
 
     print(json.dumps(index_status(_settings(args)), indent=2))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mailcascade.validate import validate
+
+    try:
+        schema = json.loads(Path(args.schema).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MailcascadeError(f"cannot read schema {args.schema}: {exc}") from None
+    for name in args.inputs:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            print(json.dumps({"input": name, "status": "failed", "value": None, "codes": [],
+                              "error": f"cannot read input: {exc.strerror}"}))
+            continue
+        verdict = validate(text, schema, finish_reason=args.finish_reason)
+        print(json.dumps({"input": name, **verdict.to_dict()}, ensure_ascii=False))
+    return 0
+
+
+def _rows(args: argparse.Namespace) -> list[dict[str, object]]:
+    from mailcascade.failures import load_rows
+    from mailcascade.store import Store
+
+    path = args.db or _settings(args).store.path
+    if not Path(path).is_file():
+        raise MailcascadeError(f"no failure log at {path}: run `mailcascade run` or `mailcascade eval` first")
+    return load_rows(Store(path), run_id=args.run, stage=args.stage)
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    from mailcascade import failures
+
+    rows = _rows(args)
+    if args.examples:
+        for row in failures.examples(rows, args.examples, args.limit):
+            print(f"--- {row['stage']} email={row['email_id']} attempt={row['attempt']} status={row['status']} "
+                  f"finish_reason={row['finish_reason']} run={row['run_id']}")
+            print(row["raw"])
+        return 0
+    if args.json:
+        print(json.dumps({"funnel": failures.funnel(rows), "codes": failures.code_stats(rows)}, indent=2))
+    else:
+        print(failures.format_report(rows))
+    return 0
+
+
+def cmd_failures_replay(args: argparse.Namespace) -> int:
+    from mailcascade import failures
+
+    entries = failures.replay(_rows(args))
+    changed = [e for e in entries if e["changed"]]
+    for e in entries if args.all else changed:
+        print(json.dumps(e))
+    print(f"replayed {len(entries)} stored verdicts: {len(changed)} changed", file=sys.stderr)
+    return 0
+
+
+def cmd_failures_export(args: argparse.Namespace) -> int:
+    from mailcascade import failures
+
+    path = failures.export(_rows(args), args.code, args.out)
+    print(f"wrote {sum(1 for _ in path.open(encoding='utf-8'))} cases to {path}")
     return 0
 
 

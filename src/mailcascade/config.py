@@ -85,6 +85,7 @@ class CatalogSettings:
 class RetrievalSettings:
     top_k: int = 5
     include_route_in_query: bool = False
+    one_hit_per_product: bool = True  # keep only the best passage of each product in the top k
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
-        out = _to_plain(self)
+        out: dict[str, Any] = _to_plain(self)
         if redact and out["llm"]["api_key"] not in ("", "not-needed"):
             out["llm"]["api_key"] = "***redacted***"
         return out
@@ -192,7 +193,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         source = str(p)
         _resolve_paths(raw, p.parent)
     _overlay_env(raw, env)
-    settings = _build(Settings, raw, "")
+    settings: Settings = _build(Settings, raw, "")
     return dataclasses.replace(settings, source=source)
 
 
@@ -258,7 +259,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if key == "departments":
         return _departments(value)

@@ -29,20 +29,22 @@ class _TextExtractor(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
+        self.pending = 0  # newlines owed before the next visible text
         self.skip_depth = 0
         self.pre_depth = 0
 
     def _break(self, newlines: int) -> None:
-        self.parts.append("\n" * newlines)
+        """Ask for at least `newlines` line breaks before the next text (block edges do not add up)."""
+        self.pending = max(self.pending, newlines)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP:
             self.skip_depth += 1
         elif tag == "br":
-            self._break(1)
+            self.pending += 1  # each <br> is one more line break
         elif tag == "li":
             self._break(1)
-            self.parts.append("- ")
+            self._text("- ")
         elif tag in _PARAGRAPH:
             self._break(2)
             if tag == "pre":
@@ -69,9 +71,17 @@ class _TextExtractor(HTMLParser):
             return
         data = data.translate(_INVISIBLE).replace("\xa0", " ")
         if self.pre_depth:
-            self.parts.append(data.replace("\r\n", "\n").replace("\r", "\n"))
-        else:
-            self.parts.append(re.sub(r"\s+", " ", data))
+            self._text(data.replace("\r\n", "\n").replace("\r", "\n"))
+        elif data.strip():
+            self._text(re.sub(r"\s+", " ", data))
+        elif data and not self.pending:
+            self.parts.append(" ")
+
+    def _text(self, text: str) -> None:
+        if self.pending:
+            self.parts.append("\n" * self.pending)
+            self.pending = 0
+        self.parts.append(text)
 
 
 def _tidy(text: str) -> str:

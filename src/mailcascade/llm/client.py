@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import random
 import threading
 import time
 import weakref
@@ -24,7 +25,6 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from mailcascade.config import LLMSettings
 from mailcascade.errors import LLMError
@@ -40,9 +40,6 @@ class OpenAIClient:
         self._settings = settings
         self._url = _safe_url(settings.base_url.rstrip("/") + "/chat/completions")
         self._timeout = openai.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
-        self._backoff = wait_exponential_jitter(
-            initial=settings.backoff_initial_s, max=settings.backoff_max_s, jitter=settings.backoff_initial_s
-        )
         self._lock = threading.Lock()
         self._sync: openai.OpenAI | None = None
         # one async client per event loop: httpx connection pools must not cross loops
@@ -165,7 +162,8 @@ class OpenAIClient:
         if schema is None or mode == "none":
             return None
         if mode == "json_schema":
-            return {"type": "json_schema", "json_schema": {"name": request.schema_name, "schema": schema, "strict": False}}
+            json_schema = {"name": request.schema_name, "schema": schema, "strict": False}
+            return {"type": "json_schema", "json_schema": json_schema}
         return {"type": "json_object", "schema": schema}
 
     def _retry_options(self) -> dict[str, Any]:
@@ -180,7 +178,10 @@ class OpenAIClient:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, LLMError) and exc.retry_after is not None:
             return min(exc.retry_after, self._settings.backoff_max_s)
-        return float(self._backoff(state))
+        # exponential backoff with jitter: initial * 2**(n-1) + uniform(0, initial), capped at backoff_max_s
+        s = self._settings
+        exp = min(state.attempt_number - 1, 60)
+        return min(s.backoff_initial_s * 2.0**exp + random.uniform(0.0, s.backoff_initial_s), s.backoff_max_s)
 
     def _error(self, exc: openai.APIError) -> LLMError:
         """Map an SDK error to LLMError with a message that says where, what, and what the server said."""
@@ -220,7 +221,8 @@ class OpenAIClient:
     def _response(self, data: dict[str, Any], attempts: int, start: float) -> ChatResponse:
         choice = data["choices"][0]
         content = choice["message"].get("content")
-        usage = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
+        raw_usage = data.get("usage")
+        usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, Mapping) else {}
         model = data.get("model")
         return ChatResponse(
             text=content if isinstance(content, str) else "",

@@ -165,7 +165,7 @@ class LocalServer:
             self._log_dir = None
 
     def serve_forever(self) -> int:
-        """Run the server in the foreground, output to this terminal, until it exits or Ctrl-C. Returns its exit code."""
+        """Run the server in the foreground (output to this terminal) until it exits or Ctrl-C; return its exit code."""
         proc = subprocess.Popen(self._prepare(), stdin=subprocess.DEVNULL, env=_child_env())
         try:
             return proc.wait()

@@ -22,12 +22,27 @@ def build_query(email: Email, department: str | None, settings: RetrievalSetting
     return "\n".join(p for p in parts if p)
 
 
+def search(index: Searcher, query: str, settings: RetrievalSettings) -> list[Hit]:
+    """The top k hits; with one_hit_per_product, the best passage of each of the top k products."""
+    if not settings.one_hit_per_product:
+        return index.search(query, settings.top_k)
+    fetch = settings.top_k * 4
+    while True:
+        found = index.search(query, fetch)
+        best: dict[str, Hit] = {}
+        for hit in found:
+            best.setdefault(hit.product_id, hit)
+        if len(best) >= settings.top_k or len(found) < fetch:
+            return list(best.values())[: settings.top_k]
+        fetch *= 2
+
+
 def retrieve(
     email: Email, department: str | None, index: Searcher, settings: RetrievalSettings, max_chars: int = 2000
 ) -> StageOutput[tuple[Hit, ...]]:
     started = time.perf_counter()
     query = build_query(email, department, settings, max_chars)
-    hits = tuple(index.search(query, settings.top_k))
+    hits = tuple(search(index, query, settings))
     record = StageRecord(
         stage="retrieve",
         status="ok",

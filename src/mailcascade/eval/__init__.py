@@ -1,0 +1,1 @@
+"""Eval harness: eval sets, metrics, runner, report, compare."""
