@@ -14,7 +14,7 @@ import pytest
 from mailcascade.config import RouteSettings, Settings
 from mailcascade.errors import ConfigError
 from mailcascade.eval.baselines import embedding_baseline, majority_class, majority_label
-from mailcascade.stages.embed_route import EmbeddingRouter, EncoderLike, email_text
+from mailcascade.stages.embed_route import EmbeddingRouter, EncoderLike, email_text, embed_route
 from mailcascade.types import Email
 
 
@@ -177,11 +177,8 @@ def test_from_jsonl_errors(tmp_path: Path) -> None:
 
 
 def test_embed_route_stage_record() -> None:
-    try:
-        from mailcascade.stages.embed_route import embed_route
-        import mailcascade.stages.call  # noqa: F401  (needs mailcascade.validate)
-    except ImportError as exc:
-        pytest.skip(f"stages.call cannot be imported yet: {exc}")
+    pytest.importorskip("mailcascade.stages.call", reason="stages.call needs mailcascade.validate, not written yet",
+                        exc_type=ImportError)
     texts, labels = zip(*EXAMPLES, strict=True)
     router = EmbeddingRouter(texts, labels, HashEncoder(), k=1)
     out = embed_route(Email(id="e", subject="", body="cancel my order"), router)

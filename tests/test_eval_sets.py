@@ -247,7 +247,7 @@ def test_epqa_adapter(tmp_path: Path) -> None:
     assert q9.expected.reference_reply == "140 to 210 mm."  # first of the best-graded answers
     assert q9.meta["answers"] == ["It is silicone.", "140 to 210 mm.", "Fits most."]
     assert q11.expected.relevant == {} and q11.expected.reference_reply is None
-    assert q5.email.body == "is it waterproof?" and q5.email.subject == ""
+    assert q5.email.body == "is it waterproof?" and q5.email.subject == "Question about Sport Watch"
     assert q5.expected.department == "products"
     assert q5.meta["asin"] == "B01" and q5.meta["title"] == "Sport Watch"
     assert q5.meta["sources"][ids["rated ipx7 for swimming"]] == "bullet"

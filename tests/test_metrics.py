@@ -315,7 +315,7 @@ def test_bootstrap_ci_contains_estimate_narrows_and_is_seeded() -> None:
     width_large = np.subtract(*bootstrap_ci(large, n=500, seed=1)[::-1])
     assert width_large < width_small / 3  # ~ sqrt(100) = 10 times narrower in expectation
     assert bootstrap_ci(small, n=200, seed=3) == bootstrap_ci(small, n=200, seed=3)
-    assert bootstrap_ci([0.4] * 5) == (pytest.approx(0.4), pytest.approx(0.4))
+    assert bootstrap_ci([0.4] * 5) == pytest.approx((0.4, 0.4))
     with pytest.raises(ValueError):
         bootstrap_ci([])
 

@@ -216,6 +216,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 node[last] = str((base / value).resolve())
 
 
+_NOT_SETTINGS = {"MAILCASCADE_CONFIG", "MAILCASCADE_DATA_DIR"}  # environment names that are not settings
+
+
 def _overlay_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     llm = raw.setdefault("llm", {})
     if env.get("OPENAI_BASE_URL"):
@@ -223,7 +226,7 @@ def _overlay_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     if env.get("OPENAI_API_KEY"):
         llm["api_key"] = env["OPENAI_API_KEY"]
     for key, value in env.items():
-        if not key.startswith("MAILCASCADE_") or key == "MAILCASCADE_CONFIG":
+        if not key.startswith("MAILCASCADE_") or key in _NOT_SETTINGS:
             continue
         parts = key[len("MAILCASCADE_"):].lower().split("__")
         node = raw

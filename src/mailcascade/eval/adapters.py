@@ -138,7 +138,9 @@ def epqa(path: str | Path, *, split: str = "dev") -> tuple[list[EvalCase], list[
                 answers.append((grade, row["answer"].strip()))
         best = max(answers, key=lambda a: a[0])[1] if answers else None  # max keeps the first of equals
         cases.append(make_case(
-            f"epqa-{qid}", subject="", body=_text(first, "question", first_where), source=first_where, split=split,
+            # a customer writing about a product names it; the subject carries the product title
+            f"epqa-{qid}", subject=f"Question about {title}", body=_text(first, "question", first_where),
+            source=first_where, split=split,
             expected=Expected(department="products", relevant=relevant, reference_reply=best),
             meta={"qid": qid, "asin": asin, "title": title, "answers": [a for _, a in answers],
                   "sources": sources},

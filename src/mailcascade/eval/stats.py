@@ -140,7 +140,7 @@ def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> float:
         return 1.0
     smaller = min(only_a, only_b)
     if total <= 1000:  # exact integer arithmetic
-        return min(1.0, 2 * sum(math.comb(total, i) for i in range(smaller + 1)) / 2**total)
+        return min(1.0, 2 * sum(math.comb(total, i) for i in range(smaller + 1)) / (1 << total))
     log_half = total * math.log(0.5)
     log_terms = [math.lgamma(total + 1) - math.lgamma(i + 1) - math.lgamma(total - i + 1) + log_half
                  for i in range(smaller + 1)]

@@ -188,7 +188,7 @@ class EmbeddingRouter:
         share = weights[winner] / total
         best = nearest[winner]
         reason = (f"k-NN: nearest example '{_snippet(self.texts[best])}' ({winner}, sim {float(sims[best]):.2f}); "
-                  f"{winner} has {share:.0%} of the vote of {k} neighbours")
+                  f"{winner} has {share:.0%} of the vote of {k} neighbour{'s' if k > 1 else ''}")
         return RouteDecision(department=winner, confidence=round(share, 6), reason=reason)
 
     def route(self, email: Email, max_chars: int = 2000) -> RouteDecision:
