@@ -172,7 +172,9 @@ class EmbeddingRouter:
 
     def _decide(self, sims: np.ndarray) -> RouteDecision:
         k = min(self.k, sims.shape[0])
-        order = np.lexsort((np.arange(sims.shape[0]), -sims))[:k]  # best first, ties by example position
+        kth = np.partition(sims, sims.shape[0] - k)[sims.shape[0] - k]  # the k-th largest similarity
+        candidates = np.flatnonzero(sims >= kth)  # every example tied at the boundary too
+        order = candidates[np.lexsort((candidates, -sims[candidates]))][:k]  # best first, ties by position
         weights: dict[str, float] = {}
         nearest: dict[str, int] = {}
         for i in order:
