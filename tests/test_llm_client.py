@@ -276,3 +276,10 @@ def test_one_client_shared_by_threads(fake_llm_settings: LLMSettings) -> None:
         texts = list(pool.map(lambda i: client.complete(request(f"mail {i}")).text, range(12)))
         assert texts == [f"echo: mail {i}" for i in range(12)]
         assert server.max_in_flight > 1
+
+
+def test_empty_api_key_works_for_keyless_servers(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+    settings = dataclasses.replace(fake_llm_settings, api_key="")
+    assert complete(settings, request()).text == "ok"
+    headers = {k.lower(): v for k, v in fake_server.chat_requests[0].headers.items()}
+    assert headers["authorization"] == "Bearer not-needed"

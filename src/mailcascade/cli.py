@@ -82,12 +82,41 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(export)
     export.set_defaults(func=cmd_failures_export)
 
+    ev = sub.add_parser("eval", help="run the cascade over a labelled eval set and score every stage")
+    ev.add_argument("evalset", metavar="EVALDEF_OR_CASES", help="an eval definition (.toml) or a cases file (.jsonl)")
+    ev.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME-TIMESTAMP)")
+    ev.add_argument("--limit", type=int, help="only the first N (selected) cases")
+    ev.add_argument("--sample", type=int, metavar="N", help="a random sample of N cases (see --seed)")
+    ev.add_argument("--seed", type=int, default=0, help="seed for --sample and the bootstrap (default 0)")
+    ev.add_argument("--stages", default=",".join(_STAGES), help="stages to run, comma-separated (default: all)")
+    ev.add_argument("--gold", default="", help="upstream outputs taken from the labels: department,hits")
+    ev.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    ev.add_argument("--concurrency", type=int, help="cases in flight at once (default: config)")
+    ev.add_argument("--data-dir", metavar="DIR", help="where the public datasets are (default: "
+                    "$MAILCASCADE_DATA_DIR or ../shared/data)")
+    ev.add_argument("--no-progress", action="store_true")
+    _config_arg(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="rewrite a run's report.html and print its summary")
+    rep.add_argument("run", metavar="RUN")
+    rep.set_defaults(func=cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="compare two eval runs: metric deltas, per-case flips, prompt/config diffs")
+    cmp_.add_argument("run_a", metavar="RUN_A")
+    cmp_.add_argument("run_b", metavar="RUN_B")
+    cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp_.set_defaults(func=cmd_compare)
+
     model = sub.add_parser("model", help="the embedded local model server")
     msub = model.add_subparsers(metavar="ACTION")
     serve = msub.add_parser("serve", help="run the llama.cpp server with SmolLM2-135M-Instruct until Ctrl-C")
     _config_arg(serve)
     serve.set_defaults(func=cmd_model_serve)
     return p
+
+
+_STAGES = ("route", "retrieve", "draft")
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -152,7 +181,7 @@ class OrderedWriter:
         self._out.flush()
 
 
-class _open_out:  # noqa: N801 - used like open()
+class _open_out:
     def __init__(self, path: str) -> None:
         self.path = path
         self._file: TextIO | None = None
@@ -161,7 +190,7 @@ class _open_out:  # noqa: N801 - used like open()
         if self.path == "-":
             return sys.stdout
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+        self._file = open(self.path, "w", encoding="utf-8")
         return self._file
 
     def __exit__(self, *exc: object) -> None:
@@ -250,6 +279,54 @@ def cmd_failures_export(args: argparse.Namespace) -> int:
 
     path = failures.export(_rows(args), args.code, args.out)
     print(f"wrote {sum(1 for _ in path.open(encoding='utf-8'))} cases to {path}")
+    return 0
+
+
+def _csv(value: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise MailcascadeError(f"{flag}: unknown {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return items
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from mailcascade.eval.evalset import load_eval_set
+    from mailcascade.eval.report import format_summary
+    from mailcascade.eval.runner import EvalOptions, run_eval
+
+    if args.resume and not args.out:
+        raise MailcascadeError("--resume needs --out RUN (the run directory to continue)")
+    eval_set = load_eval_set(args.evalset, data_dir=args.data_dir)
+    options = EvalOptions(
+        stages=_csv(args.stages, _STAGES, "--stages"), limit=args.limit, sample=args.sample, seed=args.seed,
+        concurrency=args.concurrency, resume=args.resume, progress=not args.no_progress,
+        gold=_csv(args.gold, ("department", "hits"), "--gold"),
+    )
+    settings = load_settings(args.config) if args.config else None
+    out = args.out or f"runs/{eval_set.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = run_eval(eval_set, out, options, settings=settings)
+    print(format_summary(json.loads((run / "metrics.json").read_text(encoding="utf-8"))))
+    print(f"\nrun directory: {run}  (report: {run / 'report.html'})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mailcascade.eval.report import format_summary, write_report
+
+    path = write_report(Path(args.run))
+    print(format_summary(json.loads((Path(args.run) / "metrics.json").read_text(encoding="utf-8"))))
+    print(f"\nreport: {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mailcascade.eval.compare import compare_runs, format_compare
+
+    result = compare_runs(Path(args.run_a), Path(args.run_b))
+    print(json.dumps(result, indent=2) if args.json else format_compare(result))
     return 0
 
 

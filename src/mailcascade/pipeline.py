@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,22 @@ from mailcascade.stages import draft as draft_stage
 from mailcascade.stages import retrieve as retrieve_stage
 from mailcascade.stages import route as route_stage
 from mailcascade.stages.call import Budget, StageOutput
+from mailcascade.stages.embed_route import EmbeddingRouter, embed_route
 from mailcascade.store import Store
-from mailcascade.types import OUT_OF_SCOPE, Email, Result, StageRecord
+from mailcascade.types import Draft, Email, Hit, Result, RouteDecision, StageRecord
 from mailcascade.validate import Policy, default_policy
 
 STAGES = ("route", "retrieve", "draft")
+NOT_ROUTED = "unknown"  # the department a draft prompt sees when routing was not run and none was given
 Item = Email | EmailParseError
+
+
+@dataclass(frozen=True)
+class Given:
+    """Upstream outputs to use instead of running a stage (gold labels, for ceiling analysis)."""
+
+    department: str | None = None
+    hits: tuple[Hit, ...] | None = None
 
 
 class Pipeline:
@@ -38,8 +49,11 @@ class Pipeline:
         settings: Settings,
         llm: LLM,
         prompts: dict[str, Prompt],
+        *,
         store: Store | None = None,
         index: retrieve_stage.Searcher | None = None,
+        router: EmbeddingRouter | None = None,
+        embedder: Embedder | None = None,
         run_id: str | None = None,
     ) -> None:
         for name in ("route", "draft"):
@@ -49,17 +63,21 @@ class Pipeline:
         self.llm = llm
         self.prompts = prompts
         self.store = store
+        self.router = router
         self.policies: dict[str, Policy] = {
             stage: default_policy().with_overrides(settings.validation.policy.get(stage, {})) for stage in STAGES
         }
+        self._embedder = embedder
         self._index = index
-        self._index_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._server: contextlib.ExitStack | None = None
         self.run_id = run_id or (store.start_run("pipeline", settings.to_dict()) if store else "")
 
     @classmethod
     def from_config(
-        cls, path: str | Path | None = None, *, settings: Settings | None = None, llm: LLM | None = None
+        cls, path: str | Path | None = None, *, settings: Settings | None = None, llm: LLM | None = None,
+        index: retrieve_stage.Searcher | None = None, router: EmbeddingRouter | None = None,
+        run_id: str | None = None,
     ) -> Pipeline:
         """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client."""
         settings = settings or load_settings(path)
@@ -67,7 +85,11 @@ class Pipeline:
         base: LLM = llm or OpenAIClient(settings.llm)
         if settings.store.cache_llm:
             base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
-        return cls(settings, base, load_prompts(settings.prompts_path()), store=store)
+        embedder = Embedder(settings.embedding)
+        if router is None and settings.route.strategy == "embedding":
+            router = EmbeddingRouter.from_settings(settings, embedder)
+        return cls(settings, base, load_prompts(settings.prompts_path()), store=store, index=index, router=router,
+                   embedder=embedder, run_id=run_id)
 
     # lifecycle ----------------------------------------------------------
     def __enter__(self) -> Pipeline:
@@ -90,44 +112,61 @@ class Pipeline:
             self._server = None
 
     @property
+    def embedder(self) -> Embedder:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.settings.embedding)
+            return self._embedder
+
+    @property
     def index(self) -> retrieve_stage.Searcher:
-        with self._index_lock:
+        embedder = self.embedder
+        with self._lock:
             if self._index is None:
-                self._index = open_index(self.settings, Embedder(self.settings.embedding))
+                self._index = open_index(self.settings, embedder)
             return self._index
 
     # one email ----------------------------------------------------------
-    def run(self, email: Email) -> Result:
+    def run(self, email: Email, *, stages: Sequence[str] = STAGES, given: Given | None = None) -> Result:
+        """Run the cascade on one email; `stages` picks which stages run, `given` supplies the others' outputs."""
+        given = given or Given()
         try:
             budget = self._budget()
-            routed = route_stage.route(email, self.llm, self.prompts["route"], self.settings,
-                                       self.policies["route"], budget)
-            department = routed.value.department if routed.value else None
-            retrieved = retrieve_stage.retrieve(email, department, self.index, self.settings.retrieval,
-                                                self.settings.input.max_prompt_chars)
+            if "route" in stages:
+                routed = (embed_route(email, self.router, self.settings.input.max_prompt_chars) if self.router else
+                          route_stage.route(email, self.llm, self.prompts["route"], self.settings,
+                                            self.policies["route"], budget))
+            else:
+                routed = _given_route(given)
+            retrieved = (self._retrieve(email, routed) if "retrieve" in stages else _given_hits(given))
             drafted = None
-            if routed.value is not None:
-                drafted = draft_stage.draft(email, department or OUT_OF_SCOPE, retrieved.value or (), self.llm,
+            if "draft" in stages and _can_draft(routed):
+                drafted = draft_stage.draft(email, _department(routed), retrieved.value or (), self.llm,
                                             self.prompts["draft"], self.settings, self.policies["draft"], budget)
-            return self._finish(email, routed, retrieved, drafted)
-        except Exception as exc:  # noqa: BLE001 - one email's crash must not take the batch down
+            return self._finish(email, routed, retrieved, drafted, stages)
+        except Exception as exc:
             return failure(email.id, email.source, exc)
 
-    async def arun(self, email: Email) -> Result:
+    async def arun(self, email: Email, *, stages: Sequence[str] = STAGES, given: Given | None = None) -> Result:
+        given = given or Given()
         try:
             budget = self._budget()
-            routed = await route_stage.aroute(email, self.llm, self.prompts["route"], self.settings,
-                                              self.policies["route"], budget)
-            department = routed.value.department if routed.value else None
-            retrieved = await asyncio.to_thread(retrieve_stage.retrieve, email, department, self.index,
-                                                self.settings.retrieval, self.settings.input.max_prompt_chars)
+            if "route" in stages:
+                routed = (await asyncio.to_thread(embed_route, email, self.router,
+                                                  self.settings.input.max_prompt_chars) if self.router else
+                          await route_stage.aroute(email, self.llm, self.prompts["route"], self.settings,
+                                                   self.policies["route"], budget))
+            else:
+                routed = _given_route(given)
+            retrieved = (await asyncio.to_thread(self._retrieve, email, routed) if "retrieve" in stages
+                         else _given_hits(given))
             drafted = None
-            if routed.value is not None:
-                drafted = await draft_stage.adraft(email, department or OUT_OF_SCOPE, retrieved.value or (),
-                                                   self.llm, self.prompts["draft"], self.settings,
-                                                   self.policies["draft"], budget)
-            return await asyncio.to_thread(self._finish, email, routed, retrieved, drafted)
-        except Exception as exc:  # noqa: BLE001
+            if "draft" in stages and _can_draft(routed):
+                drafted = await draft_stage.adraft(email, _department(routed), retrieved.value or (), self.llm,
+                                                   self.prompts["draft"], self.settings, self.policies["draft"],
+                                                   budget)
+            return await asyncio.to_thread(self._finish, email, routed, retrieved, drafted, stages)
+        except Exception as exc:
             return failure(email.id, email.source, exc)
 
     # many emails --------------------------------------------------------
@@ -144,12 +183,16 @@ class Pipeline:
     async def arun_many(
         self, items: Iterable[Item], concurrency: int | None = None,
         on_result: Callable[[int, Result], None] | None = None,
+        *, stages: Sequence[str] = STAGES, given: Callable[[Email], Given | None] | None = None,
     ) -> list[Result]:
         limit = asyncio.Semaphore(max(1, concurrency or self.settings.concurrency))
 
         async def one(position: int, item: Item) -> Result:
             async with limit:
-                result = await self.arun(item) if isinstance(item, Email) else parse_failure(item)
+                if isinstance(item, Email):
+                    result = await self.arun(item, stages=stages, given=given(item) if given else None)
+                else:
+                    result = parse_failure(item)
             if on_result is not None:
                 on_result(position, result)
             return result
@@ -160,26 +203,31 @@ class Pipeline:
     def _budget(self) -> Budget:
         return Budget(reask_tokens_left=self.settings.validation.max_reask_tokens)
 
+    def _retrieve(self, email: Email, routed: StageOutput[RouteDecision]) -> StageOutput[tuple[Hit, ...]]:
+        department = routed.value.department if routed.value else None
+        return retrieve_stage.retrieve(email, department, self.index, self.settings.retrieval,
+                                       self.settings.input.max_prompt_chars)
+
     def _finish(
-        self, email: Email, routed: StageOutput[Any], retrieved: StageOutput[Any], drafted: StageOutput[Any] | None
+        self, email: Email, routed: StageOutput[RouteDecision], retrieved: StageOutput[tuple[Hit, ...]],
+        drafted: StageOutput[Draft] | None, stages: Sequence[str],
     ) -> Result:
-        outputs: list[StageOutput[Any]] = [routed, retrieved]
-        if drafted is not None:
-            outputs.append(drafted)
+        outputs: list[StageOutput[Any]] = [routed, retrieved] + ([drafted] if drafted else [])
         self._log(email, outputs)
         records: list[StageRecord] = [o.record for o in outputs]
-        if drafted is None:
-            records.append(StageRecord(stage="draft", status="skipped", error="route failed"))
+        if drafted is None and "draft" in stages:
+            records.append(StageRecord(stage="draft", status="skipped", error="no department: routing failed"))
         failed = [r for r in records if r.status == "failed"]
         return Result(
             id=email.id,
-            status="failed" if failed else "ok",
+            status="failed" if failed or (drafted is None and "draft" in stages) else "ok",
             source=email.source,
             route=routed.value,
             hits=retrieved.value or (),
             draft=drafted.value if drafted else None,
             stages=tuple(records),
-            error="; ".join(r.error for r in failed),
+            error="; ".join(r.error for r in failed) or ("" if drafted or "draft" not in stages else
+                                                         "draft: skipped because routing failed"),
         )
 
     def _log(self, email: Email, outputs: Sequence[StageOutput[Any]]) -> None:
@@ -193,6 +241,28 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline(model={self.llm.model!r}, prompts={sorted(self.prompts)}, run_id={self.run_id!r})"
+
+
+def _given_route(given: Given) -> StageOutput[RouteDecision]:
+    if given.department is None:
+        return StageOutput(value=None, record=StageRecord(stage="route", status="skipped"))
+    return StageOutput(value=RouteDecision(given.department, 1.0, "given"),
+                       record=StageRecord(stage="route", status="given"))
+
+
+def _given_hits(given: Given) -> StageOutput[tuple[Hit, ...]]:
+    if given.hits is None:
+        return StageOutput(value=(), record=StageRecord(stage="retrieve", status="skipped"))
+    return StageOutput(value=given.hits, record=StageRecord(stage="retrieve", status="given"))
+
+
+def _can_draft(routed: StageOutput[RouteDecision]) -> bool:
+    """Draft unless routing ran and failed; when routing did not run, draft without a department."""
+    return routed.value is not None or routed.record.status == "skipped"
+
+
+def _department(routed: StageOutput[RouteDecision]) -> str:
+    return routed.value.department if routed.value else NOT_ROUTED
 
 
 def failure(email_id: str, source: str, exc: BaseException) -> Result:

@@ -140,7 +140,7 @@ class StageRecord:
     """The trace of one stage for one email."""
 
     stage: str
-    status: Literal["ok", "failed", "skipped"]
+    status: Literal["ok", "failed", "skipped", "given"]  # given: the output was supplied (e.g. a gold label)
     prompt_hash: str = ""
     model: str = ""
     attempts: tuple[Attempt, ...] = ()

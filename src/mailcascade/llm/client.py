@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -31,6 +31,7 @@ from mailcascade.errors import LLMError
 from mailcascade.types import ChatRequest, ChatResponse
 
 SNIPPET_CHARS = 300
+_SDKClient = TypeVar("_SDKClient", openai.OpenAI, openai.AsyncOpenAI)
 
 
 class OpenAIClient:
@@ -127,8 +128,7 @@ class OpenAIClient:
     def _sync_client(self) -> openai.OpenAI:
         with self._lock:
             if self._sync is None:
-                s = self._settings
-                self._sync = openai.OpenAI(api_key=s.api_key, base_url=s.base_url, timeout=self._timeout, max_retries=0)
+                self._sync = self._build(openai.OpenAI)
             return self._sync
 
     def _async_client(self) -> openai.AsyncOpenAI:
@@ -136,12 +136,18 @@ class OpenAIClient:
         with self._lock:
             client = self._async.get(loop)
             if client is None:
-                s = self._settings
-                client = openai.AsyncOpenAI(
-                    api_key=s.api_key, base_url=s.base_url, timeout=self._timeout, max_retries=0
-                )
+                client = self._build(openai.AsyncOpenAI)
                 self._async[loop] = client
             return client
+
+    def _build(self, cls: type[_SDKClient]) -> _SDKClient:
+        # the SDK refuses an empty key; keyless servers (llama.cpp, vLLM, Ollama) ignore the header
+        key = self._settings.api_key or "not-needed"
+        try:
+            return cls(api_key=key, base_url=self._settings.base_url, timeout=self._timeout, max_retries=0)
+        except openai.OpenAIError as exc:
+            raise LLMError(self._redact(f"cannot create the OpenAI client for {self._url}: {exc}"),
+                           retryable=False) from exc
 
     def _kwargs(self, request: ChatRequest) -> dict[str, Any]:
         messages = [{"role": role, "content": content} for role, content in request.messages]

@@ -1,0 +1,113 @@
+"""Validator throughput, side by side in one run (python bench/bench_validator.py).
+
+clean: `validate` on schema-valid outputs vs plain json.loads + a compiled jsonschema validator (target ratio >= 0.5).
+dirty: `validate` on malformed outputs (the fixture corpus and real SmolLM2 outputs) vs json_repair.repair_json,
+which only repairs syntax (no schema check, no failure codes).
+Reports throughput ratios: ours / theirs (higher is better for us).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import json_repair  # noqa: E402
+from jsonschema import validators  # type: ignore[import-untyped, unused-ignore]  # noqa: E402
+
+from mailcascade.validate import validate  # noqa: E402
+
+CORPUS = ROOT / "tests" / "corpus" / "validator"
+ROUNDS = 7
+
+
+def _clean_inputs(schemas: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rng = random.Random(7)
+    departments = schemas["route"]["properties"]["department"]["enum"]
+    words = "thanks order parcel refund size jacket charge twice delivery tracking colour boots kettle".split()
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i in range(200):
+        if i % 2 == 0:
+            doc: dict[str, Any] = {"department": rng.choice(departments), "confidence": round(rng.random(), 2),
+                                   "reason": " ".join(rng.choices(words, k=rng.randint(4, 14))).capitalize() + "."}
+            schema = schemas["route"]
+        else:
+            doc = {"reply": " ".join(rng.choices(words, k=rng.randint(30, 120))).capitalize() + ".",
+                   "product_ids": [f"P{rng.randint(1, 114):03d}" for _ in range(rng.randint(0, 3))]}
+            doc["product_ids"] = sorted(set(doc["product_ids"]))
+            schema = schemas["draft"]
+        text = json.dumps(doc, indent=2 if i % 3 == 0 else None)
+        out.append((text, schema))
+    return out
+
+
+def _dirty_inputs(schemas: dict[str, Any]) -> list[tuple[str, dict[str, Any], str | None]]:
+    out = []
+    for name in ("cases.jsonl", "smollm2_raw.jsonl"):
+        for line in (CORPUS / name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("status") == "clean":
+                continue
+            out.append((row["raw"], schemas[row["schema"]], row.get("finish_reason")))
+    return out
+
+
+def _best(fn: Callable[[], None], rounds: int = ROUNDS) -> tuple[float, float]:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times)
+
+
+def main() -> int:
+    schemas = json.loads((CORPUS / "schemas.json").read_text(encoding="utf-8"))
+    clean = _clean_inputs(schemas)
+    dirty = _dirty_inputs(schemas)
+    compiled = {id(s): validators.validator_for(s)(s) for s in schemas.values()}
+    for text, schema in clean:  # sanity: the inputs really are clean, and warm every cache
+        assert compiled[id(schema)].is_valid(json.loads(text))
+        assert validate(text, schema).status == "clean"
+
+    def baseline_clean() -> None:
+        for text, schema in clean:
+            compiled[id(schema)].is_valid(json.loads(text))
+
+    def ours_clean() -> None:
+        for text, schema in clean:
+            validate(text, schema)
+
+    def repair_dirty() -> None:
+        for text, _, _ in dirty:
+            json_repair.repair_json(text, return_objects=True)
+
+    def ours_dirty() -> None:
+        for text, schema, finish in dirty:
+            validate(text, schema, finish_reason=finish)
+
+    rows = []
+    for label, ours, theirs, name, n in (
+        ("clean", ours_clean, baseline_clean, "json.loads + jsonschema", len(clean)),
+        ("dirty", ours_dirty, repair_dirty, "json_repair.repair_json", len(dirty)),
+    ):
+        o_best, o_med = _best(ours)
+        t_best, t_med = _best(theirs)
+        rows.append((label, n, name, n / o_best, n / t_best, t_best / o_best, t_med / o_med))
+    print(f"{'inputs':<7}{'n':>5}  {'baseline':<25}{'ours/s':>10}{'base/s':>10}{'ratio(best)':>13}{'ratio(med)':>12}")
+    for label, n, name, ours_rate, base_rate, ratio_best, ratio_med in rows:
+        print(f"{label:<7}{n:>5}  {name:<25}{ours_rate:>10.0f}{base_rate:>10.0f}{ratio_best:>13.2f}{ratio_med:>12.2f}")
+    print("ratio = our throughput / baseline throughput; clean target >= 0.5")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

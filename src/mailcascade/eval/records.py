@@ -1,0 +1,200 @@
+"""Per-case eval records, and every metric computed from those records alone.
+
+`metrics.json` is `compute_metrics(records, ...)`; recomputing it from `cases.jsonl` gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mailcascade.eval.cases import EvalCase
+from mailcascade.eval.drafting import drafting_case, drafting_metrics
+from mailcascade.eval.retrieval import retrieval_case, retrieval_metrics
+from mailcascade.eval.routing import accuracy, macro_f1, routing_correct, routing_metrics
+from mailcascade.eval.stats import bootstrap_ci, bootstrap_metric, mean_or_none, percentiles
+from mailcascade.types import Result
+
+KS = (1, 3, 5, 10)
+Record = Mapping[str, Any]
+
+
+def retrieved_ids(record: Record, level: str) -> list[str]:
+    key = "passage_id" if level == "passage" else "product_id"
+    return [h[key] for h in record.get("retrieved", [])]
+
+
+def case_record(
+    case: EvalCase, result: Result, *, level: str, baselines: Mapping[str, str | None],
+    embed_sim: float | None, labels: Sequence[str], passage_products: Mapping[str, str],
+) -> dict[str, Any]:
+    """One JSON-ready record: what was expected, what each stage produced and cost, and the per-case scores."""
+    exp = case.expected
+    stages = []
+    for s in result.stages:
+        row = s.to_dict()
+        row["attempt_log"] = [
+            {"n": a.number, "status": a.status, "finish_reason": a.finish_reason, "cached": a.cached,
+             "codes": [f.to_dict() for f in a.findings], "raw": a.raw}
+            for a in s.attempts
+        ]
+        stages.append(row)
+    record: dict[str, Any] = {
+        "id": case.id,
+        "split": case.split,
+        "expected": {
+            "department": exp.department,
+            "relevant": dict(exp.relevant),
+            "reference_reply": exp.reference_reply,
+            **({"relevant_products": {p: passage_products.get(p, p) for p in exp.relevant}} if level == "passage"
+               else {}),
+        },
+        "status": result.status,
+        "error": result.error,
+        "route": ({"department": result.route.department, "confidence": result.route.confidence,
+                   "reason": result.route.reason} if result.route else None),
+        "retrieved": [{"product_id": h.product_id, "passage_id": h.passage_id, "score": round(h.score, 6)}
+                      for h in result.hits],
+        "draft": ({"reply": result.draft.reply, "cited": list(result.draft.product_ids)} if result.draft else None),
+        "stages": stages,
+        "baselines": dict(baselines),
+        "embed_sim": embed_sim,
+        "meta": {k: v for k, v in case.meta.items() if k not in ("answers", "sources")},
+        "email_chars": len(case.email.subject) + len(case.email.body),
+    }
+    record["scores"] = case_scores(record, level=level, labels=labels)
+    return record
+
+
+def _ran(record: Record, stage: str) -> bool:
+    return any(s["stage"] == stage and s["status"] in ("ok", "failed") for s in record["stages"])
+
+
+def case_scores(record: Record, *, level: str, labels: Sequence[str]) -> dict[str, Any]:
+    exp = record["expected"]
+    scores: dict[str, Any] = {"route_correct": None, "retrieval": None, "draft": None}
+    if _ran(record, "route") and exp["department"] is not None:
+        pred = record["route"]["department"] if record["route"] else None
+        scores["route_correct"] = routing_correct([exp["department"]], [pred], labels)[0]
+    if _ran(record, "retrieve") and exp["relevant"]:
+        scores["retrieval"] = retrieval_case(exp["relevant"], retrieved_ids(record, level), KS)
+    if _ran(record, "draft"):
+        draft = record["draft"]
+        scores["draft"] = {
+            "valid": draft is not None,
+            **drafting_case(
+                draft["cited"] if draft else [], [h["product_id"] for h in record["retrieved"]],
+                exp["relevant"], draft["reply"] if draft else None, exp["reference_reply"],
+                relevant_products=exp.get("relevant_products"),
+            ),
+        }
+    return scores
+
+
+def compute_metrics(records: Sequence[Record], *, labels: Sequence[str], level: str, seed: int = 0) -> dict[str, Any]:
+    """Every headline number, from the records only (deterministic for a given seed)."""
+    out: dict[str, Any] = {"n_cases": len(records), "n_failed": sum(r["status"] == "failed" for r in records)}
+    routed = [r for r in records if _ran(r, "route") and r["expected"]["department"] is not None]
+    if routed:
+        gold = [r["expected"]["department"] for r in routed]
+        pred = [r["route"]["department"] if r["route"] else None for r in routed]
+        routing = routing_metrics(gold, pred, labels)
+        routing["accuracy_ci"] = _ci(lambda g, p: accuracy(g, p, labels), gold, pred, seed=seed)
+        routing["macro_f1_ci"] = _ci(lambda g, p: macro_f1(g, p, labels), gold, pred, seed=seed)
+        baselines = {}
+        for name in sorted({b for r in routed for b in r["baselines"]}):
+            bpred = [r["baselines"].get(name) for r in routed]
+            baselines[name] = {"accuracy": accuracy(gold, bpred, labels), "macro_f1": macro_f1(gold, bpred, labels),
+                               "accuracy_ci": _ci(lambda g, p: accuracy(g, p, labels), gold, bpred, seed=seed)}
+        routing["baselines"] = baselines
+        out["routing"] = routing
+    retrieved = [r for r in records if _ran(r, "retrieve")]
+    scored = [r for r in retrieved if r["expected"]["relevant"]]
+    if scored:
+        retrieval = retrieval_metrics([r["expected"]["relevant"] for r in scored],
+                                      [retrieved_ids(r, level) for r in scored], KS)
+        retrieval["n_without_relevant"] += len(retrieved) - len(scored)
+        for key in ("recall@5", "mrr", "ndcg@5"):
+            values = [r["scores"]["retrieval"][key] for r in scored]
+            retrieval[f"{key}_ci"] = list(bootstrap_ci(values, seed=seed)) if values else None
+        out["retrieval"] = retrieval
+    drafted = [r for r in records if _ran(r, "draft")]
+    if drafted:
+        products: dict[str, str] = {}
+        for r in drafted:
+            products.update(r["expected"].get("relevant_products") or {})
+        drafting = drafting_metrics(
+            [r["draft"] is not None for r in drafted],
+            [r["draft"]["cited"] if r["draft"] else [] for r in drafted],
+            [[h["product_id"] for h in r["retrieved"]] for r in drafted],
+            [r["expected"]["relevant"] for r in drafted],
+            [r["draft"]["reply"] if r["draft"] else None for r in drafted],
+            [r["expected"]["reference_reply"] for r in drafted],
+            [r["embed_sim"] for r in drafted],
+            relevant_products=products or None,
+        )
+        rouge = [r["scores"]["draft"]["rouge_l"] for r in drafted
+                 if r["scores"]["draft"] and r["scores"]["draft"].get("rouge_l") is not None]
+        drafting["rouge_l_ci"] = list(bootstrap_ci(rouge, seed=seed)) if rouge else None
+        out["drafting"] = drafting
+    out["validator"] = validator_funnel(records)
+    out["cost"] = cost(records)
+    return out
+
+
+def _ci(fn: Any, gold: Sequence[str], pred: Sequence[str | None], *, seed: int) -> list[float] | None:
+    try:
+        return list(bootstrap_metric(fn, gold, pred, seed=seed))
+    except ValueError:
+        return None
+
+
+def validator_funnel(records: Sequence[Record]) -> dict[str, Any]:
+    """Per LLM stage: clean on the first attempt, repaired, lossy, rescued by a re-ask, failed; and codes seen."""
+    out: dict[str, Any] = {}
+    for r in records:
+        for s in r["stages"]:
+            log = s.get("attempt_log") or []
+            if not log:
+                continue
+            row = out.setdefault(s["stage"], {"calls": 0, "clean_first": 0, "repaired_first": 0, "lossy_first": 0,
+                                              "rescued": 0, "failed": 0, "codes": Counter()})
+            row["calls"] += 1
+            if s["status"] != "ok":
+                row["failed"] += 1
+            elif len(log) > 1:
+                row["rescued"] += 1
+            else:
+                row[{"clean": "clean_first", "repaired": "repaired_first"}.get(log[0]["status"], "lossy_first")] += 1
+            row["codes"].update({c["code"] for a in log for c in a["codes"]})
+    for row in out.values():
+        row["codes"] = dict(sorted(row["codes"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return out
+
+
+def cost(records: Sequence[Record]) -> dict[str, Any]:
+    per_stage: dict[str, dict[str, list[float]]] = {}
+    per_case_tokens: list[float] = []
+    calls = Counter[str]()
+    cached = Counter[str]()
+    for r in records:
+        total = 0
+        for s in r["stages"]:
+            row = per_stage.setdefault(s["stage"], {"latency_ms": [], "tokens": []})
+            if s["status"] in ("ok", "failed"):
+                row["latency_ms"].append(s["latency_ms"])
+                row["tokens"].append(s["tokens_in"] + s["tokens_out"])
+            total += s["tokens_in"] + s["tokens_out"]
+            for a in s.get("attempt_log") or []:
+                calls[s["stage"]] += 1
+                cached[s["stage"]] += int(a["cached"])
+        per_case_tokens.append(total)
+    return {
+        "tokens_per_case": {"mean": mean_or_none(per_case_tokens), **percentiles(per_case_tokens)},
+        "stages": {
+            name: {"latency_ms": percentiles(v["latency_ms"]), "tokens_mean": mean_or_none(v["tokens"]),
+                   "llm_calls": calls[name], "llm_calls_cached": cached[name]}
+            for name, v in per_stage.items()
+        },
+    }

@@ -1,0 +1,429 @@
+"""The run report: one self-contained HTML file (inline CSS and SVG, nothing external) and a terminal summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from mailcascade.errors import EvalError
+from mailcascade.eval import svg
+from mailcascade.eval.records import compute_metrics
+
+MAX_WORST = 20
+MAX_RAW_CHARS = 20_000
+FUNNEL = (("clean_first", "clean first"), ("repaired_first", "repaired"), ("lossy_first", "lossy"),
+          ("rescued", "rescued"), ("failed", "failed"))
+FUNNEL_COLOURS = ("#38a169", "#2b6cb0", "#dd6b20", "#805ad5", "#c53030")
+CSS = """
+body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 20px 40px;color:#222}
+h1{margin-bottom:4px}h2{border-bottom:2px solid #2b6cb0;padding-bottom:3px;margin-top:36px}
+nav a{margin-right:12px}table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}
+th{background:#f0f4f8}td:first-child,th:first-child{text-align:left}
+.note{color:#666;font-size:13px}.case{border:1px solid #ddd;border-radius:4px;padding:6px 12px;margin:10px 0}
+.tag{background:#fed7d7;border-radius:3px;padding:1px 6px;font-size:12px;font-weight:normal}
+.alarm-warn{border-left:4px solid #dd6b20;padding-left:8px}.alarm-error{border-left:4px solid #c53030;padding-left:8px}
+.alarm-info{border-left:4px solid #2b6cb0;padding-left:8px}
+pre{background:#f7f7f7;padding:8px;white-space:pre-wrap;word-break:break-word;max-height:400px;overflow:auto}
+svg.chart{display:block;margin:8px 0}code{font-size:12px}
+"""
+
+
+# ------------------------------------------------------------------ loading
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"{path}: cannot read ({exc})") from exc
+
+
+def read_cases(path: Path) -> list[dict[str, Any]]:
+    """Complete records of a cases.jsonl (an unterminated last line, from a killed run, is ignored)."""
+    if not path.is_file():
+        raise EvalError(f"{path.parent} is not a run directory: no cases.jsonl")
+    text = path.read_text(encoding="utf-8")
+    complete = text[: text.rfind("\n") + 1]
+    try:
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+    except ValueError as exc:
+        raise EvalError(f"{path}: malformed record ({exc})") from exc
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """run.json, metrics.json (recomputed from the records when absent) and the records of a run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        raise EvalError(f"{run_dir} is not a run directory: no run.json")
+    info = read_json(run_dir / "run.json")
+    records = read_cases(run_dir / "cases.jsonl")
+    if (run_dir / "metrics.json").is_file():
+        metrics = read_json(run_dir / "metrics.json")
+    else:
+        seed = int((info.get("options") or {}).get("seed", 0))
+        metrics = compute_metrics(records, labels=info.get("labels", []), level=info.get("relevance_level", "product"),
+                                  seed=seed)
+    if not isinstance(info, dict) or not isinstance(metrics, dict):
+        raise EvalError(f"{run_dir}: run.json and metrics.json must hold JSON objects")
+    return info, metrics, records
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write run_dir/report.html from the run's files; returns its path."""
+    run_dir = Path(run_dir)
+    info, metrics, records = load_run(run_dir)
+    out = run_dir / "report.html"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(render_report(info, metrics, records), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+# ------------------------------------------------------------------ formatting helpers
+
+
+def num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def ci_text(ci: Sequence[float] | None) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    head = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""
+    body = "".join("<tr>" + "".join(f"<td>{escape(num(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def section(ident: str, title: str, body: str) -> str:
+    return f'<section id="{ident}"><h2>{escape(title)}</h2>{body}</section>'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def when(ts: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(ts), tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError, OverflowError):
+        return "–"
+
+
+def headline_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """(baseline names, rows of [metric, value, ci, *baseline values]) for the headline table."""
+    routing, retrieval, drafting = (metrics.get(k) or {} for k in ("routing", "retrieval", "drafting"))
+    base = routing.get("baselines") or {}
+    known = ("majority", "embedding_knn")
+    names = sorted(base, key=lambda n: (known.index(n) if n in known else len(known), n))
+    rows: list[list[Any]] = []
+
+    def add(label: str, value: Any, ci: Any = None, key: str | None = None) -> None:
+        bvals = [(base[n].get(key) if key else None) for n in names]
+        rows.append([label, value, ci_text(ci), *bvals])
+
+    if routing:
+        add("route accuracy", routing.get("accuracy"), routing.get("accuracy_ci"), "accuracy")
+        add("route macro-F1", routing.get("macro_f1"), routing.get("macro_f1_ci"), "macro_f1")
+        add("route invalid rate", routing.get("invalid_rate"))
+        add("out-of-scope recall", routing.get("out_of_scope_recall"))
+    if retrieval:
+        for key, label in (("recall@5", "retrieval recall@5"), ("mrr", "retrieval MRR"),
+                           ("ndcg@5", "retrieval nDCG@5"), ("hit_rate@5", "retrieval hit rate@5")):
+            if key in retrieval:
+                add(label, retrieval.get(key), retrieval.get(f"{key}_ci"))
+    if drafting:
+        add("draft valid share", drafting.get("valid_share"))
+        add("draft grounded in retrieved", drafting.get("grounded_in_retrieved"))
+        add("draft ROUGE-L", drafting.get("rouge_l"), drafting.get("rouge_l_ci"))
+        add("draft embedding similarity", drafting.get("embed_sim"))
+    return names, rows
+
+
+# ------------------------------------------------------------------ sections
+
+
+def header(info: Mapping[str, Any], metrics: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
+    eval_set = info.get("eval_set") or {}
+    model = ((info.get("settings") or {}).get("llm") or {}).get("model")
+    seen = sorted({s["model"] for r in records for s in r.get("stages", []) if s.get("model")})
+    rows: list[list[Any]] = [
+        ["eval set", eval_set.get("name") or info.get("name")],
+        ["cases", f"{metrics.get('n_cases')} of {eval_set.get('n_cases', '?')} ({metrics.get('n_failed')} failed)"],
+        ["date", f"{when(info.get('created'))} (finished {when(info.get('finished'))})"],
+        ["model", model if not seen or seen == [model] else f"{model} (records: {', '.join(seen)})"],
+        ["relevance level", info.get("relevance_level")],
+        ["stages", ", ".join((info.get("options") or {}).get("stages") or [])],
+    ]
+    gold = (info.get("options") or {}).get("gold")
+    if gold:
+        rows.append(["gold upstream input", ", ".join(gold)])
+    for name, p in sorted((info.get("prompts") or {}).items()):
+        rows.append([f"prompt {name}", f"{p.get('hash')} (version {p.get('version')})"])
+    return f"<h1>mailcascade eval: {escape(str(rows[0][1]))}</h1>" + table(["", ""], rows)
+
+
+def headline(metrics: Mapping[str, Any], info: Mapping[str, Any]) -> str:
+    names, rows = headline_rows(metrics)
+    source = info.get("baseline_source") or {}
+    notes = "; ".join(f"{n}: learned from {source[n]}" for n in names if n in source)
+    body = table(["metric", "system", "95% CI", *names], rows)
+    return section("summary", "Headline metrics", body + (note(f"Baselines ({notes}).") if notes else ""))
+
+
+def routing_section(routing: Mapping[str, Any]) -> str:
+    conf = routing["confusion"]
+    chart = svg.heatmap(conf["labels"], conf["columns"], conf["matrix"], title="Routing confusion matrix")
+    per = [[label, s["precision"], s["recall"], s["f1"], s["support"], s["predicted"]]
+           for label, s in routing["per_label"].items()]
+    text = f"{routing['n']} cases, {routing['n_invalid']} invalid outputs."
+    if routing.get("unknown_gold_labels"):
+        text += f" Gold labels not configured: {', '.join(routing['unknown_gold_labels'])}."
+    body = (note(text + " Rows: gold; columns: predicted; colour: share of the row.") + chart
+            + table(["department", "precision", "recall", "F1", "support", "predicted"], per))
+    return section("routing", "Routing", body)
+
+
+def retrieval_section(retrieval: Mapping[str, Any]) -> str:
+    ks = retrieval["ks"]
+    names = (("recall", "recall@k"), ("ndcg", "nDCG@k"), ("hit_rate", "hit rate@k"), ("precision", "precision@k"))
+    series = [(label, [(float(k), retrieval.get(f"{key}@{k}")) for k in ks]) for key, label in names]
+    chart = svg.line_chart(series, title="Retrieval metrics over k", x_label="k", y_label="score")
+    rows = [[f"k={k}", *(retrieval.get(f"{key}@{k}") for key, _ in names)] for k in ks]
+    text = (f"{retrieval['n_scored']} cases scored, {retrieval['n_without_relevant']} without relevant ids; "
+            f"MRR {num(retrieval.get('mrr'))}.")
+    return section("retrieval", "Retrieval", note(text) + chart + table(["k", *(n for _, n in names)], rows))
+
+
+def drafting_section(d: Mapping[str, Any]) -> str:
+    rows = [
+        ["valid share", d.get("valid_share"), f"{d.get('n')} drafts"],
+        ["grounded in retrieved", d.get("grounded_in_retrieved"), f"{d.get('n_citing')} citing"],
+        ["grounded in relevant", d.get("grounded_in_relevant"), f"{d.get('n_citing_with_relevant')} citing"],
+        ["ROUGE-L", d.get("rouge_l"), f"{d.get('n_with_reference')} with reference, CI {ci_text(d.get('rouge_l_ci'))}"],
+        ["embedding similarity", d.get("embed_sim"), f"{d.get('n_embed_sim')} with reference"],
+        ["length (words), mean", d.get("length_mean"),
+         f"p50 {num(d.get('length_p50'), 1)}, p95 {num(d.get('length_p95'), 1)}"],
+    ]
+    return section("drafting", "Drafting", table(["metric", "value", "over"], rows))
+
+
+def validator_section(funnel: Mapping[str, Any]) -> str:
+    stages = list(funnel)
+    chart = svg.stacked_bars(stages, [label for _, label in FUNNEL],
+                             [[float(funnel[s][key]) for key, _ in FUNNEL] for s in stages],
+                             title="Validator funnel per stage", colours=FUNNEL_COLOURS)
+    rows = [[s, funnel[s]["calls"], *(funnel[s][key] for key, _ in FUNNEL)] for s in stages]
+    body = chart + table(["stage", "cases", *(label for _, label in FUNNEL)], rows)
+    for s in stages:
+        codes = funnel[s]["codes"]
+        body += f"<h3>{escape(s)}: failure modes</h3>"
+        body += (svg.bar_chart(list(codes), [("cases", [float(v) for v in codes.values()])],
+                               title=f"Failure codes, {s} stage") if codes else note("no failure codes seen"))
+    return section("validator", "Validator", body)
+
+
+def cost_section(cost: Mapping[str, Any], info: Mapping[str, Any]) -> str:
+    tok = cost["tokens_per_case"]
+    body = table(["tokens per case", "mean", "p50", "p90", "p95", "p99"],
+                 [["all stages", *(num(tok.get(k), 1) for k in ("mean", "p50", "p90", "p95", "p99"))]])
+    rows = []
+    for name, s in cost["stages"].items():
+        lat = s["latency_ms"]
+        rows.append([name, *(num(lat.get(k), 1) for k in ("p50", "p90", "p95", "p99")), num(s["tokens_mean"], 1),
+                     s["llm_calls"], s["llm_calls_cached"]])
+    body += table(["stage", "latency p50 ms", "p90", "p95", "p99", "tokens mean", "LLM calls", "from cache"], rows)
+    cache = info.get("cache")
+    if cache:
+        body += note(f"LLM cache in this run: {cache.get('hits')} hits, {cache.get('misses')} misses.")
+    return section("cost", "Cost", body)
+
+
+# ------------------------------------------------------------------ worst cases
+
+
+def worst_cases(records: Sequence[Mapping[str, Any]], limit: int = MAX_WORST) -> list[tuple[str, Mapping[str, Any]]]:
+    """(why, record): wrong routes by confidence (highest first), then failed validation, then retrieval misses."""
+    scores = [r.get("scores") or {} for r in records]
+    wrong = [(r, (r.get("route") or {}).get("confidence") or 0.0) for r, s in zip(records, scores, strict=True)
+             if s.get("route_correct") is False and r.get("route")]
+    picked: list[tuple[str, Mapping[str, Any]]] = [
+        (f"route wrong (confidence {c:.2f})", r) for r, c in sorted(wrong, key=lambda rc: -rc[1])]
+    for r in records:
+        failed = [s["stage"] for s in r.get("stages", []) if s.get("status") == "failed"]
+        if failed or r.get("status") == "failed":
+            picked.append((f"failed: {', '.join(failed) or r.get('error') or 'case'}", r))
+    for r, s in zip(records, scores, strict=True):
+        ret = s.get("retrieval")
+        if ret and ret.get("hit_rate@5", ret.get("mrr")) == 0:
+            picked.append(("retrieval miss (no relevant id in the top 5)", r))
+    seen: set[str] = set()
+    out = []
+    for why, r in picked:
+        if r["id"] not in seen:
+            seen.add(r["id"])
+            out.append((why, r))
+    return out[:limit]
+
+
+def case_html(rank: int, why: str, r: Mapping[str, Any], level: str) -> str:
+    exp, route, draft = r.get("expected") or {}, r.get("route"), r.get("draft")
+    key = "passage_id" if level == "passage" else "product_id"
+    predicted = f"{route['department']} ({num(route.get('confidence'), 2)})" if route else "none (invalid)"
+    rows: list[list[Any]] = [["department", exp.get("department"), predicted]]
+    if exp.get("relevant") or r.get("retrieved"):
+        relevant = ", ".join(f"{k}:{v}" for k, v in (exp.get("relevant") or {}).items())
+        rows.append(["relevant / retrieved top 5", relevant, ", ".join(h[key] for h in (r.get("retrieved") or [])[:5])])
+    if draft is not None or any(s["stage"] == "draft" for s in r.get("stages", [])):
+        rows.append(["draft", "valid", "valid" if draft else "invalid"])
+    parts = [f'<div class="case" id="case-{rank}"><h3>{rank}. <code>{escape(str(r["id"]))}</code> '
+             f'<span class="tag">{escape(why)}</span></h3>', table(["", "expected", "predicted"], rows)]
+    if r.get("error"):
+        parts.append(note(f"error: {r['error']}"))
+    codes = "; ".join(f"{s['stage']}: {', '.join(s['failure_codes'])}" for s in r.get("stages", [])
+                      if s.get("failure_codes"))
+    hashes = ", ".join(f"{s['stage']} {s['prompt_hash']}" for s in r.get("stages", []) if s.get("prompt_hash"))
+    parts.append(f"<p>failure codes: {escape(codes or 'none')}<br>prompt hashes: {escape(hashes or '–')}</p>")
+    for s in r.get("stages", []):
+        for a in s.get("attempt_log") or []:
+            raw = str(a.get("raw") or "")
+            cut = raw[:MAX_RAW_CHARS] + (f"\n[... {len(raw) - MAX_RAW_CHARS} more characters]"
+                                         if len(raw) > MAX_RAW_CHARS else "")
+            acodes = ", ".join(c["code"] for c in a.get("codes", [])) or "no codes"
+            label = (f"{s['stage']} attempt {a.get('n')}: {a.get('status')}, finish {a.get('finish_reason')}"
+                     f"{', cached' if a.get('cached') else ''} ({acodes})")
+            parts.append(f"<details><summary>{escape(label)}</summary><pre>{escape(cut)}</pre></details>")
+    if draft and draft.get("reply"):
+        parts.append(f"<details><summary>draft reply</summary><pre>{escape(draft['reply'])}</pre></details>")
+    return "".join(parts) + "</div>"
+
+
+def worst_section(records: Sequence[Mapping[str, Any]], level: str) -> str:
+    picked = worst_cases(records)
+    if not picked:
+        return section("worst", "Worst cases", note("No wrong or failed cases."))
+    body = "".join(case_html(i, why, r, level) for i, (why, r) in enumerate(picked, 1))
+    return section("worst", "Worst cases", note(f"Up to {MAX_WORST} cases that failed or were wrong.") + body)
+
+
+# ------------------------------------------------------------------ diagnosis hook (issue 5)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def alarms_html(alarms: Sequence[Mapping[str, Any]]) -> str:
+    body = ""
+    for alarm in alarms:
+        level = str(alarm.get("level", "info"))
+        cases = ", ".join(str(c) for c in alarm.get("cases") or [])
+        body += (f'<div class="alarm-{escape(level)}"><h3>{escape(level.upper())}: {escape(str(alarm.get("title")))}'
+                 f' <code>{escape(str(alarm.get("name")))}</code></h3><p>{escape(str(alarm.get("explanation")))}</p>'
+                 + (f"<p>cases: <code>{escape(cases)}</code></p>" if cases else "") + "</div>")
+    return body or note("No alarms raised.")
+
+
+def ceiling_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A bar chart of the numeric columns ("predicted" and "gold" when present) and the rows as a table."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    numeric = [k for k in columns if any(_is_number(row.get(k)) for row in rows)
+               and all(_is_number(row[k]) or row[k] is None for row in rows if k in row)]
+    bars = [k for k in ("predicted", "gold") if k in numeric] or numeric
+    label_keys = dict.fromkeys((next((k for k in ("stage", "name") if k in columns), columns[0]), "metric"))
+    labels = [" ".join(str(row[k]) for k in label_keys if k in row) for row in rows]
+    chart = svg.bar_chart(labels, [(k, [row.get(k) for row in rows]) for k in bars], title="Ceiling analysis",
+                          value_format="{:.3f}") if bars else ""
+    return "<h3>Ceiling analysis</h3>" + chart + table(columns, [[row.get(k) for k in columns] for row in rows])
+
+
+def curve_html(curve: Mapping[str, Any]) -> str:
+    points = sorted((p for p in curve.get("points") or [] if _is_number(p.get("x"))), key=lambda p: p["x"])
+    line = [(float(p["x"]), p["y"] if _is_number(p.get("y")) else None) for p in points]
+    band = [(float(p["x"]), float(p["ci"][0]), float(p["ci"][1])) for p in points
+            if p.get("ci") and all(_is_number(v) for v in p["ci"][:2])]
+    name = str(curve.get("name"))
+    return f"<h3>Learning curve: {escape(name)}</h3>" + svg.line_chart(
+        [(name, line)], title=f"Learning curve: {name}", x_label=str(curve.get("x_label", "amount of data")),
+        y_label=str(curve.get("y_label", "metric")), y_range=None, bands=[band] if band else None)
+
+
+def diagnosis_section(diag: Mapping[str, Any]) -> str:
+    """HOOK for issue 5: renders metrics["diagnosis"] (alarms, ceiling rows, learning curves) when present."""
+    body = alarms_html(diag.get("alarms") or [])
+    ceiling = [row for row in diag.get("ceiling") or [] if isinstance(row, Mapping) and row]
+    if ceiling:
+        body += ceiling_html(ceiling)
+    body += "".join(curve_html(c) for c in diag.get("learning_curves") or [] if isinstance(c, Mapping))
+    return section("diagnosis", "Diagnosis", body)
+
+
+# ------------------------------------------------------------------ page and terminal summary
+
+
+def render_report(info: Mapping[str, Any], metrics: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
+    """The whole HTML page as a string."""
+    parts = [("summary", "Summary", headline(metrics, info))]
+    if isinstance(metrics.get("diagnosis"), Mapping):  # issue 5 fills this in; skipped when absent
+        parts.append(("diagnosis", "Diagnosis", diagnosis_section(metrics["diagnosis"])))
+    if metrics.get("routing"):
+        parts.append(("routing", "Routing", routing_section(metrics["routing"])))
+    if metrics.get("retrieval"):
+        parts.append(("retrieval", "Retrieval", retrieval_section(metrics["retrieval"])))
+    if metrics.get("drafting"):
+        parts.append(("drafting", "Drafting", drafting_section(metrics["drafting"])))
+    if metrics.get("validator"):
+        parts.append(("validator", "Validator", validator_section(metrics["validator"])))
+    if metrics.get("cost"):
+        parts.append(("cost", "Cost", cost_section(metrics["cost"], info)))
+    parts.append(("worst", "Worst cases", worst_section(records, str(info.get("relevance_level", "product")))))
+    nav = "<nav>" + "".join(f'<a href="#{ident}">{escape(title)}</a>' for ident, title, _ in parts) + "</nav>"
+    title = escape(str((info.get("eval_set") or {}).get("name") or info.get("name") or "run"))
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>mailcascade eval: {title}</title>'
+            f"<style>{CSS}</style></head><body>{header(info, metrics, records)}{nav}"
+            + "".join(body for _, _, body in parts) + "</body></html>\n")
+
+
+def format_summary(metrics: Mapping[str, Any]) -> str:
+    """Plain-text summary for the terminal: headline metrics with CIs and baselines, validator funnel, cost."""
+    names, rows = headline_rows(metrics)
+    lines = [f"cases: {metrics.get('n_cases')}   failed: {metrics.get('n_failed')}", ""]
+    header_row = f"{'metric':<30}{'value':>8}  {'95% CI':<18}" + "".join(f"{n:>15}" for n in names)
+    lines += [header_row, "-" * len(header_row)]
+    for label, value, ci, *base in rows:
+        lines.append(f"{label:<30}{num(value):>8}  {ci:<18}" + "".join(f"{num(b):>15}" for b in base))
+    funnel = metrics.get("validator") or {}
+    if funnel:
+        head = f"{'validator':<12}{'cases':>7}" + "".join(f"{label:>13}" for _, label in FUNNEL) + "  top codes"
+        lines += ["", head, "-" * len(head)]
+        for stage, row in funnel.items():
+            codes = ", ".join(f"{c}={n}" for c, n in list(row["codes"].items())[:4]) or "-"
+            lines.append(f"{stage:<12}{row['calls']:>7}" + "".join(f"{row[k]:>13}" for k, _ in FUNNEL) + f"  {codes}")
+    cost = metrics.get("cost") or {}
+    if cost:
+        tok = cost["tokens_per_case"]
+        lines += ["", f"tokens per case: mean {num(tok.get('mean'), 1)}, p50 {num(tok.get('p50'), 1)}, "
+                      f"p95 {num(tok.get('p95'), 1)}"]
+        head = f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'tokens':>10}{'calls':>8}{'cached':>8}"
+        lines += [head, "-" * len(head)]
+        for stage, s in cost["stages"].items():
+            lat = s["latency_ms"]
+            lines.append(f"{stage:<12}{num(lat.get('p50'), 1):>10}{num(lat.get('p95'), 1):>10}"
+                         f"{num(s['tokens_mean'], 1):>10}{s['llm_calls']:>8}{s['llm_calls_cached']:>8}")
+    return "\n".join(lines)

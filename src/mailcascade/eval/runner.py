@@ -1,0 +1,290 @@
+"""Run the cascade over an eval set and write a run directory.
+
+    RUN/run.json       what ran: eval set, options, settings, prompt hashes and texts, selected case ids
+    RUN/cases.jsonl    one record per case, appended (and fsynced) as each finishes; resumable
+    RUN/metrics.json   compute_metrics(cases.jsonl)
+    RUN/report.html    self-contained report
+
+Re-runs are cheap: model answers come from the persistent LLM cache (keyed by model, parameters and rendered
+messages), so after editing only the draft prompt, routing is answered from the cache and only drafts are
+re-called; embeddings of eval texts are cached on disk too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mailcascade.catalog import EmbedderLike, Passage
+from mailcascade.config import Settings, load_settings
+from mailcascade.errors import EvalError
+from mailcascade.eval.cases import EvalCase
+from mailcascade.eval.evalset import EvalSet, check_departments
+from mailcascade.eval.records import case_record, compute_metrics
+from mailcascade.eval.report import write_report
+from mailcascade.llm.base import LLM
+from mailcascade.llm.cache import CachedLLM
+from mailcascade.pipeline import STAGES, Given, Pipeline
+from mailcascade.progress import Progress
+from mailcascade.stages.embed_route import EmbeddingRouter, email_text
+from mailcascade.types import Hit, Result
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    stages: tuple[str, ...] = STAGES
+    limit: int | None = None
+    sample: int | None = None
+    seed: int = 0
+    concurrency: int | None = None
+    resume: bool = False
+    progress: bool = True
+    gold: tuple[str, ...] = ()  # upstream outputs to take from the labels: "department", "hits" (ceiling runs)
+
+
+def select_cases(cases: Sequence[EvalCase], options: EvalOptions) -> list[EvalCase]:
+    """--sample N --seed S picks N cases at random (stable for a seed), then --limit keeps the first N."""
+    chosen = list(cases)
+    if options.sample is not None and options.sample < len(chosen):
+        picked = sorted(random.Random(options.seed).sample(range(len(chosen)), options.sample))
+        chosen = [chosen[i] for i in picked]
+    if options.limit is not None:
+        chosen = chosen[: options.limit]
+    return chosen
+
+
+def eval_settings(eval_set: EvalSet, settings: Settings | None, cache_dir: Path) -> Settings:
+    """The settings for this eval set: its own config (unless given), and its own catalogue if it has one."""
+    if settings is None:
+        settings = load_settings(eval_set.config) if eval_set.config else load_settings(None)
+    if eval_set.passages is not None:
+        folder = cache_dir / "evalsets" / _slug(eval_set.name)
+        path = folder / "passages.jsonl"
+        text = "".join(json.dumps(dataclasses.asdict(p), ensure_ascii=False) + "\n" for p in eval_set.passages)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        catalog = dataclasses.replace(settings.catalog, path=str(path), index_dir=str(folder / "index"))
+        settings = settings.replace(catalog=catalog)
+    elif eval_set.catalog is not None:
+        folder = cache_dir / "evalsets" / _slug(eval_set.name)
+        catalog = dataclasses.replace(settings.catalog, path=str(eval_set.catalog), index_dir=str(folder / "index"))
+        settings = settings.replace(catalog=catalog)
+    return settings
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name) or "evalset"
+
+
+class EmbeddingCache:
+    """Embeddings of eval texts, cached on disk by model and text, so re-runs do not re-embed."""
+
+    def __init__(self, embedder: EmbedderLike, folder: Path) -> None:
+        self.embedder = embedder
+        self.folder = folder
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        key = hashlib.sha256(json.dumps([self.embedder.name, list(texts)]).encode()).hexdigest()[:24]
+        path = self.folder / f"{key}.npy"
+        if path.is_file():
+            return np.load(path)
+        vectors = self.embedder.encode(texts)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vectors)
+        os.replace(tmp, path)
+        return vectors
+
+
+def baseline_predictions(
+    eval_set: EvalSet, cases: Sequence[EvalCase], vectors: EmbeddingCache, k: int
+) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
+    """Majority class and embedding k-NN router per case, trained on the train split.
+
+    With no train split, the majority is taken over the eval set and k-NN is leave-one-out over the eval set;
+    the second return value says where each baseline learned from.
+    """
+    labelled = [c for c in eval_set.cases if c.expected.department is not None]
+    train = [c for c in eval_set.train if c.expected.department is not None]
+    out: dict[str, dict[str, str | None]] = {c.id: {} for c in cases}
+    if not labelled:
+        return out, {}
+    source = {"majority": "train split", "embedding_knn": "train split"}
+    if not train:
+        source = {"majority": "the eval set itself", "embedding_knn": "leave-one-out over the eval set"}
+    majority = Counter(c.expected.department for c in (train or labelled)).most_common(1)[0][0]
+    test_vecs = vectors.encode([email_text(c.email) for c in cases])
+    if train:
+        router = EmbeddingRouter([email_text(c.email) for c in train], [str(c.expected.department) for c in train],
+                                 vectors.embedder, k, vectors=vectors.encode([email_text(c.email) for c in train]))
+        knn = [d.department for d in router.predict_vectors(test_vecs)]  # type: ignore[misc]
+    else:
+        pool_vecs = vectors.encode([email_text(c.email) for c in labelled])
+        knn: list[str | None] = []
+        for case, vec in zip(cases, test_vecs, strict=True):
+            keep = [i for i in range(len(labelled)) if labelled[i].id != case.id]
+            if not keep:
+                knn.append(None)
+                continue
+            router = EmbeddingRouter([email_text(labelled[i].email) for i in keep],
+                                     [str(labelled[i].expected.department) for i in keep], vectors.embedder, k,
+                                     vectors=pool_vecs[keep])
+            knn.append(router.predict_vectors(vec[None, :])[0].department)
+    for case, label in zip(cases, knn, strict=True):
+        out[case.id] = {"majority": majority, "embedding_knn": label}
+    return out, source
+
+
+def gold_hits(case: EvalCase, passages: Sequence[Passage], level: str) -> tuple[Hit, ...]:
+    """The relevant passages as hits, best grade first (for ceiling runs that feed gold retrieval to drafting)."""
+    by_passage = {p.passage_id: p for p in passages}
+    first_of_product: dict[str, Passage] = {}
+    for p in passages:
+        first_of_product.setdefault(p.product_id, p)
+    hits = []
+    for ident, grade in sorted(case.expected.relevant.items(), key=lambda kv: -kv[1]):
+        p = by_passage.get(ident) if level == "passage" else first_of_product.get(ident)
+        if p is not None:
+            hits.append(Hit(product_id=p.product_id, passage_id=p.passage_id, score=float(grade), text=p.text))
+    return tuple(hits)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Complete records from a cases.jsonl; a torn last line (a killed run) is cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    records = []
+    for line in data[:end].splitlines():
+        if line.strip():
+            records.append(json.loads(line))
+    return records
+
+
+def run_eval(
+    eval_set: EvalSet, out_dir: str | Path, options: EvalOptions = EvalOptions(), *,
+    settings: Settings | None = None, llm: LLM | None = None, cache_dir: str | Path = ".mailcascade",
+) -> Path:
+    """Run (or resume) an eval and write the run directory; returns its path."""
+    out = Path(out_dir)
+    cache = Path(cache_dir)
+    settings = eval_settings(eval_set, settings, cache)
+    labels = list(settings.department_names)
+    check_departments(eval_set, labels)
+    level = "passage" if eval_set.passages is not None else "product"
+    cases = select_cases(eval_set.cases, options)
+    if not cases:
+        raise EvalError(f"{eval_set.name}: no cases selected")
+    records_path = out / "cases.jsonl"
+    done = {r["id"]: r for r in read_records(records_path)}
+    if done and not options.resume:
+        raise EvalError(f"{out} already holds {len(done)} case records; use --resume to continue it, "
+                        "or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = _run_info(eval_set, options, settings, cases, labels, level, out, resume=bool(done))
+    pipeline = Pipeline.from_config(settings=settings, llm=llm, run_id=f"eval:{out.name}:{int(time.time())}")
+    vectors = EmbeddingCache(pipeline.embedder, cache / "embeddings")
+    todo = [c for c in cases if c.id not in done]
+    baselines, baseline_source = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
+    passages = pipeline.index.passages if "hits" in options.gold else ()  # type: ignore[attr-defined]
+    by_id = {c.id: c for c in todo}
+    passage_products = {p.passage_id: p.product_id for p in eval_set.passages or ()}
+    started = time.time()
+    with records_path.open("a", encoding="utf-8") as sink, pipeline, \
+            Progress(len(todo), "cases", enabled=options.progress) as progress:
+
+        def given(email: Any) -> Given:
+            case = by_id[email.id]
+            return Given(department=case.expected.department if "department" in options.gold else None,
+                         hits=gold_hits(case, passages, level) if "hits" in options.gold else None)
+
+        def done_one(position: int, result: Any) -> None:
+            case = todo[position]
+            record = case_record(case, result, level=level, baselines=baselines[case.id],
+                                 embed_sim=_embed_sim(vectors, result, case), labels=labels,
+                                 passage_products=passage_products)
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            progress.advance(failed=result.status == "failed")
+
+        asyncio.run(pipeline.arun_many([c.email for c in todo], options.concurrency, done_one,
+                                       stages=options.stages, given=given if options.gold else None))
+    records = read_records(records_path)
+    order = {c.id: i for i, c in enumerate(cases)}
+    records.sort(key=lambda r: order.get(r["id"], len(order)))
+    metrics = compute_metrics(records, labels=labels, level=level, seed=options.seed)
+    stats = pipeline.llm.stats if isinstance(pipeline.llm, CachedLLM) else None
+    run_info.update({
+        "status": "done", "finished": time.time(), "seconds": round(time.time() - started, 3),
+        "baseline_source": baseline_source,
+        "cache": {"hits": stats.hits, "misses": stats.misses} if stats else None,
+    })
+    _write_json(out / "run.json", run_info)
+    _write_json(out / "metrics.json", metrics)
+    write_report(out)
+    return out
+
+
+def _embed_sim(vectors: EmbeddingCache, result: Result, case: EvalCase) -> float | None:
+    reference = case.expected.reference_reply
+    if not reference or result.draft is None or not result.draft.reply:
+        return None
+    a, b = vectors.embedder.encode([result.draft.reply, reference])
+    return round(float(np.dot(a, b)), 6)
+
+
+def _run_info(
+    eval_set: EvalSet, options: EvalOptions, settings: Settings, cases: Sequence[EvalCase], labels: Sequence[str],
+    level: str, out: Path, *, resume: bool,
+) -> dict[str, Any]:
+    path = out / "run.json"
+    previous = json.loads(path.read_text(encoding="utf-8")) if resume and path.is_file() else None
+    ids = [c.id for c in cases]
+    if previous is not None and previous.get("case_ids") != ids:
+        raise EvalError(f"{out}: --resume with another selection of cases than the run started with "
+                        "(same --limit/--sample/--seed needed)")
+    from mailcascade.prompts import load_prompts
+
+    prompts = load_prompts(settings.prompts_path())
+    info: dict[str, Any] = {
+        "name": eval_set.name,
+        "eval_set": {"name": eval_set.name, "definition": str(eval_set.definition or ""),
+                     "source": str(eval_set.source or ""), "adapter": eval_set.adapter,
+                     "level": eval_set.level, "n_cases": len(eval_set.cases), "n_train": len(eval_set.train)},
+        "created": previous["created"] if previous else time.time(),
+        "resumed": (previous.get("resumed", 0) + 1) if previous else 0,
+        "status": "running",
+        "options": dataclasses.asdict(options),
+        "settings": settings.to_dict(),
+        "prompts": {name: {"hash": p.hash, "version": p.version, "path": p.path,
+                           "text": Path(p.path).read_text(encoding="utf-8")} for name, p in prompts.items()},
+        "labels": list(labels),
+        "relevance_level": level,
+        "case_ids": ids,
+    }
+    _write_json(path, info)
+    return info
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,270 @@
+"""Make a parsed value fit the schema: unwrap, coerce, map near misses, or name exactly what is wrong."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import ValidationError  # type: ignore[import-untyped, unused-ignore]
+
+from mailcascade.types import Finding
+from mailcascade.validate.compiled import CompiledSchema, PathPart, format_path
+from mailcascade.validate.placeholder import is_placeholder, leaves
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_SCHEMA_WORDS = frozenset({"type", "enum", "description", "minimum", "maximum", "items", "title", "default", "const",
+                           "pattern", "minLength", "maxLength", "format", "examples", "properties", "required",
+                           "minItems", "maxItems", "uniqueItems", "additionalProperties"})
+_WRAP_ORDER = {"required": 0, "type": 1, "enum": 2, "additionalProperties": 3}
+_RANK = {"rejected": 3, "accepted": 2, "repaired": 1, "reasked": 0}
+NEAR_MISS_CUTOFF = 0.8
+
+
+@dataclass
+class Outcome:
+    """A candidate value after the schema stage, with what was done to it."""
+
+    value: Any
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(f.action == "rejected" for f in self.findings)
+
+    def rank(self) -> tuple[int, int, int]:
+        worst = max((_RANK[f.action] for f in self.findings), default=0)
+        return worst, sum(f.action == "rejected" for f in self.findings), len(self.findings)
+
+
+def conform(value: Any, compiled: CompiledSchema, depth: int = 0) -> Outcome:
+    """Unwrap, repair and check one candidate against the schema."""
+    if is_schema_echo(value, compiled):
+        return Outcome(value, [Finding("schema_echo", "$", "rejected", "the output is the JSON Schema itself")])
+    if compiled.is_valid(value) or depth > 2 or compiled.top_type != "object":
+        return _repair(value, compiled)
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            inner = None
+        if isinstance(inner, dict | list):
+            out = conform(inner, compiled, depth + 1)
+            return _wrapped(out, "the object was sent as a JSON string")
+    if isinstance(value, list):
+        items = [(i, v) for i, v in enumerate(value) if isinstance(v, dict)]
+        if len(items) == 1 and len(value) == 1:
+            return _wrapped(conform(items[0][1], compiled, depth + 1), "unwrapped a list of one object")
+        if items:
+            return _pick([(f"item {i}", v) for i, v in items], compiled, depth, "a list of objects")
+    if isinstance(value, dict) and len(value) == 1:
+        (key, inner), = value.items()
+        if key not in compiled.properties and isinstance(inner, dict | list):
+            outer = _repair(value, compiled)
+            unwrapped = conform(inner, compiled, depth + 1)
+            if unwrapped.rank() < outer.rank():
+                return _wrapped(unwrapped, f"unwrapped {{{json.dumps(key)}: ...}}")
+            return outer
+    return _repair(value, compiled)
+
+
+def _wrapped(out: Outcome, detail: str) -> Outcome:
+    out.findings.insert(0, Finding("wrong_top_level", "$", "repaired", detail))
+    return out
+
+
+def _pick(options: list[tuple[str, Any]], compiled: CompiledSchema, depth: int, what: str) -> Outcome:
+    outcomes = [(name, conform(v, compiled, depth + 1)) for name, v in options]
+    best_i = min(range(len(outcomes)), key=lambda i: outcomes[i][1].rank())
+    name, best = outcomes[best_i]
+    rejected = [f"{n} ({', '.join(dict.fromkeys(f.code for f in o.findings)) or 'also valid'})"
+                for i, (n, o) in enumerate(outcomes) if i != best_i]
+    best.findings.insert(0, Finding("multiple_json", "$", "accepted",
+                                    f"{what}: chose {name}; rejected {'; '.join(rejected)}"))
+    best.findings.insert(0, Finding("wrong_top_level", "$", "repaired", f"unwrapped {what}"))
+    return best
+
+
+def is_schema_echo(value: Any, compiled: CompiledSchema) -> bool:
+    """Is this the schema (or its property definitions) rather than an instance of it?"""
+    if not isinstance(value, dict) or not value:
+        return False
+    if value == compiled.snapshot:
+        return True
+    if value.keys() & compiled.echo_keys and (
+        isinstance(value.get("properties"), dict) or "$schema" in value
+        or (value.get("type") == "object" and isinstance(value.get("required"), list))
+    ):
+        return True
+    props = compiled.properties
+    if props and value.keys() <= props.keys() and len(value) >= min(2, len(props)):
+        return all(isinstance(v, dict) and v and v.keys() <= _SCHEMA_WORDS and "type" in v
+                   and isinstance(props[k], dict) and props[k].get("type") != "object" for k, v in value.items())
+    return False
+
+
+def _repair(value: Any, compiled: CompiledSchema) -> Outcome:
+    value = copy.deepcopy(value)
+    findings: list[Finding] = []
+    skip: set[tuple[PathPart, ...]] = set()
+    for path, leaf in leaves(value):
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            skip.add(tuple(path))  # reported by the parser as non_finite_number
+        elif isinstance(leaf, str) and is_placeholder(leaf, compiled):
+            findings.append(Finding("placeholder_value", format_path(path), "rejected", f"{leaf!r} is a placeholder"))
+            skip.add(tuple(path))
+    reported = {(f.code, f.where) for f in findings}
+    for _ in range(100):
+        errors = sorted(compiled.validator.iter_errors(value), key=lambda e: _WRAP_ORDER.get(e.validator, 9))
+        changed = False
+        for err in errors:
+            where = tuple(err.absolute_path)
+            if any(where[:n] in skip for n in range(len(where) + 1)):
+                continue
+            new_value, finding = _fix(value, err, list(where), compiled)
+            if finding.action != "rejected":
+                value, changed = new_value, True
+                findings.append(finding)
+                break
+            if (finding.code, finding.where) not in reported:
+                reported.add((finding.code, finding.where))
+                findings.append(finding)
+        if not changed:
+            break
+    return Outcome(value, findings)
+
+
+def _fix(root: Any, err: ValidationError, path: list[PathPart], compiled: CompiledSchema) -> tuple[Any, Finding]:
+    kind = str(err.validator)
+    instance = err.instance
+    where = format_path(path)
+    if kind == "required" and isinstance(instance, dict):
+        name = _required_name(err, instance)
+        sub = compiled.subschema(path) or {}
+        props = sub.get("properties") or {}
+        extras = [k for k in instance if k not in props]
+        target, close = near_miss(name, extras)
+        if target is not None:
+            renamed = {name if k == target else k: v for k, v in instance.items()}
+            return _set(root, path, renamed), Finding("missing_field", format_path([*path, name]), "accepted",
+                                                      f"renamed {target!r} to {name!r}")
+        return root, Finding("missing_field", format_path([*path, name]), "rejected", f"{name!r} is required")
+    if kind == "additionalProperties" and err.validator_value is False and isinstance(instance, dict):
+        sub = compiled.subschema(path) or {}
+        props = sub.get("properties") or {}
+        extras = [k for k in instance if k not in props]
+        if extras:
+            kept = {k: v for k, v in instance.items() if k in props}
+            return _set(root, path, kept), Finding("extra_field", format_path([*path, extras[0]]) if len(extras) == 1
+                                                   else where, "repaired", f"dropped {', '.join(map(repr, extras))}")
+    if kind == "type":
+        types = [err.validator_value] if isinstance(err.validator_value, str) else list(err.validator_value)
+        ok, coerced = coerce(instance, types)
+        if ok:
+            return _set(root, path, coerced), Finding("wrong_type", where, "repaired", f"{instance!r} -> {coerced!r}")
+        detail = f"expected {' or '.join(types)}, got {json_type(instance)}"
+        return root, Finding("wrong_type", where, "rejected", detail)
+    if kind == "enum":
+        allowed = [v for v in err.validator_value if isinstance(v, str)]
+        if isinstance(instance, str):
+            target, close = near_miss(instance, allowed)
+            if target is not None:
+                return _set(root, path, target), Finding("enum_violation", where, "accepted",
+                                                         f"mapped {instance!r} to {target!r}")
+            if len(close) > 1:
+                return root, Finding("enum_violation", where, "rejected",
+                                     f"{instance!r} is close to several: {', '.join(close)}")
+        return root, Finding("enum_violation", where, "rejected", f"{instance!r} is not allowed")
+    if kind == "uniqueItems" and isinstance(instance, list):
+        seen: dict[str, Any] = {}
+        for item in instance:
+            seen.setdefault(json.dumps(item, sort_keys=True), item)
+        return _set(root, path, list(seen.values())), Finding("constraint_violation", where, "repaired",
+                                                              "removed duplicate items")
+    return root, Finding("constraint_violation", where, "rejected", _short(err.message))
+
+
+def _required_name(err: ValidationError, instance: dict[str, Any]) -> str:
+    m = re.fullmatch(r"(.*) is a required property", err.message, re.S)
+    if m:
+        try:
+            name = ast.literal_eval(m.group(1))
+        except (ValueError, SyntaxError):
+            name = None
+        if isinstance(name, str):
+            return name
+    missing = [str(r) for r in err.validator_value if r not in instance]
+    return missing[0] if missing else "?"
+
+
+def near_miss(value: str, allowed: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The only allowed value close to `value` (case, spaces, a typo), or None and the close ones."""
+    norm = _norm(value)
+    exact = [a for a in allowed if _norm(a) == norm]
+    if exact:
+        return (exact[0] if len(exact) == 1 else None), exact
+    close = [a for a in allowed if difflib.SequenceMatcher(None, norm, _norm(a)).ratio() >= NEAR_MISS_CUTOFF]
+    return (close[0] if len(close) == 1 else None), close
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[\s\-]+", "_", text.strip().lower())
+
+
+def coerce(value: Any, types: Sequence[str]) -> tuple[bool, Any]:
+    """Coerce a value to one of the JSON types without guessing: "0.9" -> 0.9, 3.0 -> 3, "true" -> True."""
+    for t in types:
+        if t in ("number", "integer") and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            number = float(value)
+            if t == "number":
+                return True, int(number) if re.fullmatch(r"[-+]?\d+", value.strip()) else number
+            if number.is_integer():
+                return True, int(number)
+        if t == "integer" and isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        if t == "boolean" and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return True, value.strip().lower() == "true"
+        if t == "string" and isinstance(value, int | float) and not isinstance(value, bool):
+            return True, json.dumps(value)
+        if t in ("array", "object") and isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(decoded, list if t == "array" else dict):
+                return True, decoded
+        if t == "array" and isinstance(value, str) and value.strip() and "," not in value:
+            return True, [value]
+    return False, None
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _set(root: Any, path: list[PathPart], new: Any) -> Any:
+    if not path:
+        return new
+    node = root
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = new
+    return root
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

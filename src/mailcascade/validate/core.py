@@ -1,0 +1,156 @@
+"""`validate`: raw model text in, Verdict out. Pure: no I/O, no logging, deterministic.
+
+Status: `failed` if any finding was rejected (value None); else `lossy` if any lossy repair or choice was
+accepted; else `repaired` if anything was repaired; else `clean`. Finding actions: `repaired` (safe repair),
+`accepted` (a lossy repair or choice, value kept), `rejected` (made it fail).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from mailcascade.types import Finding, Verdict, VerdictStatus
+from mailcascade.validate.compiled import CompiledSchema, compile_schema
+from mailcascade.validate.conform import Outcome, conform, is_schema_echo
+from mailcascade.validate.context import ValidationContext
+from mailcascade.validate.extract import Scan, is_refusal, prose_notes, scan
+from mailcascade.validate.grounding import ground
+from mailcascade.validate.placeholder import has_placeholder
+from mailcascade.validate.syntax import Note, Parsed
+
+_REJECTED_SYNTAX = frozenset({"non_finite_number"})
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def validate(text: str, schema: Mapping[str, Any], *, finish_reason: str | None = None,
+             context: ValidationContext | None = None) -> Verdict:
+    """Extract, repair and check one raw model output against `schema` (and `context`, when given)."""
+    compiled = compile_schema(schema)
+    if finish_reason != "length":
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except ValueError:
+            pass
+        else:
+            if compiled.is_valid(value) and _quick_ok(value, compiled, context):
+                return Verdict("clean", value)
+    return _slow(text, compiled, finish_reason, context)
+
+
+def _quick_ok(value: Any, compiled: CompiledSchema, context: ValidationContext | None) -> bool:
+    if isinstance(value, dict) and value.keys() & compiled.echo_keys and is_schema_echo(value, compiled):
+        return False
+    if has_placeholder(value, compiled):
+        return False
+    return context is None or not ground(value, compiled, context)[1]
+
+
+def _slow(text: str, compiled: CompiledSchema, finish_reason: str | None,
+          context: ValidationContext | None) -> Verdict:
+    cut = [Finding("truncated", f"offset {len(text)}", "accepted", "finish_reason=length")] \
+        if finish_reason == "length" else []
+    if not text.strip():
+        return _verdict(None, [Finding("empty_output", "offset 0", "rejected"), *cut])
+    found = _whole(text)
+    if found is None:
+        found = scan(text, compiled.top_type)
+    head: list[Finding] = [Finding("reasoning_leak", f"offset {lo}", "repaired") for lo, _ in found.reasoning]
+    if found.inside_reasoning:
+        head = [Finding("reasoning_leak", f"offset {lo}", "accepted", "the JSON was inside the reasoning block")
+                for lo, _ in found.reasoning]
+    if not found.candidates:
+        return _verdict(None, [*head, *_no_candidate(text, found), *cut])
+    assessed = [(c, _assess(c, compiled, context)) for c in found.candidates]
+    best_i = min(range(len(assessed)), key=lambda i: _score(assessed[i]))
+    chosen, outcome = assessed[best_i]
+    findings = [*head, *_notes_to_findings(prose_notes(text, chosen, [c for c, _ in assessed if c is not chosen],
+                                                       found.reasoning))]
+    if len(assessed) > 1:
+        rejected = [f"offset {c.start} ({', '.join(dict.fromkeys(f.code for f in o.findings)) or 'also valid'})"
+                    for i, (c, o) in enumerate(assessed) if i != best_i]
+        detail = f"{len(assessed)} candidates; chose offset {chosen.start}; rejected {'; '.join(rejected)}"
+        findings.append(Finding("multiple_json", f"offset {chosen.start}", "accepted", detail))
+    outer = [f for f in found.failures if f.progress and f.start < chosen.start < f.offset]
+    if outer:
+        findings.append(Finding("malformed_json", f"offset {outer[0].offset}", "accepted",
+                                f"took the object at offset {chosen.start} from inside a malformed value "
+                                f"starting at offset {outer[0].start}: {outer[0].message}"))
+    findings.extend(_notes_to_findings(chosen.notes))
+    if chosen.truncated:
+        cut = [Finding("truncated", f"offset {len(text)}", "accepted",
+                       "closed the unfinished JSON" + (" (finish_reason=length)" if cut else ""))]
+    elif cut:
+        cut = [Finding("truncated", f"offset {len(text)}", "accepted",
+                       "finish_reason=length; the JSON itself is complete")]
+    findings.extend(cut)
+    findings.extend(outcome.findings)
+    return _verdict(outcome.value, findings, compiled)
+
+
+def _whole(text: str) -> Scan | None:
+    """The whole text is one JSON document (maybe not an object): a single candidate, no scanning."""
+    stripped = text.strip().lstrip("\ufeff")
+    try:
+        value = json.loads(stripped, parse_constant=_reject_constant)
+    except ValueError:
+        return None
+    if isinstance(value, str) and not value.strip().startswith(("{", "[")):
+        return Scan()  # a bare JSON string: prose (or a refusal) in quotes
+    start = text.find(stripped[:1])
+    return Scan(candidates=[Parsed(value, start, start + len(stripped))])
+
+
+def _assess(candidate: Parsed, compiled: CompiledSchema, context: ValidationContext | None) -> Outcome:
+    outcome = conform(candidate.value, compiled)
+    if context is not None and not any(f.code == "schema_echo" for f in outcome.findings):
+        outcome.value, extra = ground(outcome.value, compiled, context)
+        outcome.findings.extend(extra)
+    return outcome
+
+
+def _score(item: tuple[Parsed, Outcome]) -> tuple[int, int, int, int, int]:
+    candidate, outcome = item
+    syntax_rejected = any(code in _REJECTED_SYNTAX for code, _, _ in candidate.notes)
+    return (*outcome.rank()[:2], int(candidate.truncated), int(syntax_rejected), len(candidate.notes))
+
+
+def _no_candidate(text: str, found: Scan) -> list[Finding]:
+    tried = [f for f in found.failures if f.progress]
+    if tried:
+        first = tried[0]
+        return [Finding("malformed_json", f"offset {first.offset}", "rejected", first.message)]
+    if is_refusal(text):
+        return [Finding("refusal", "offset 0", "rejected")]
+    return [Finding("no_json", "offset 0", "rejected")]
+
+
+def _notes_to_findings(notes: list[Note]) -> list[Finding]:
+    """One finding per code, at its first offset; the count and first detail in `detail`."""
+    grouped: dict[str, list[tuple[int, str]]] = {}
+    for code, offset, detail in notes:
+        grouped.setdefault(code, []).append((offset, detail))
+    out = []
+    for code, hits in grouped.items():
+        offset, detail = hits[0]
+        if len(hits) > 1:
+            detail = f"{len(hits)} times" + (f"; first: {detail}" if detail else "")
+        out.append(Finding(code, f"offset {offset}", "rejected" if code in _REJECTED_SYNTAX else "repaired", detail))
+    return out
+
+
+def _verdict(value: Any, findings: list[Finding], compiled: CompiledSchema | None = None) -> Verdict:
+    actions = {f.action for f in findings}
+    if compiled is not None and "rejected" not in actions and not compiled.is_valid(value):
+        again = [f for f in conform(value, compiled).findings if f.action == "rejected"]
+        findings.extend(again or [Finding("constraint_violation", "$", "rejected", "the value breaks the schema")])
+        actions.add("rejected")
+    status: VerdictStatus
+    if "rejected" in actions:
+        return Verdict("failed", None, tuple(findings))
+    status = "lossy" if "accepted" in actions else "repaired" if "repaired" in actions else "clean"
+    return Verdict(status, value, tuple(findings))

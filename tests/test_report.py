@@ -1,0 +1,270 @@
+"""The HTML report and the terminal summary, over small synthetic run directories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailcascade.errors import EvalError
+from mailcascade.eval.drafting import rouge_l
+from mailcascade.eval.records import compute_metrics
+from mailcascade.eval.report import format_summary, render_report, worst_cases, write_report
+from mailcascade.eval.retrieval import retrieval_case
+from mailcascade.eval.routing import routing_correct
+
+LABELS = ["orders", "shipping", "billing", "out_of_scope"]
+SCRIPT = "<script>alert('x')</script>"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def stage(name: str, status: str = "ok", raws: tuple[str, ...] = (), codes: tuple[str, ...] = (),
+          prompt_hash: str = "", first: str = "clean") -> dict[str, Any]:
+    """One stage row of a case record, with an attempt per raw output."""
+    log = [{"n": i + 1, "status": first if i == 0 else "clean", "finish_reason": "stop", "cached": i == 0,
+            "codes": [{"code": c, "where": "offset 0", "action": "repaired"} for c in (codes if i == 0 else ())],
+            "raw": raw} for i, raw in enumerate(raws)]
+    if status == "failed" and log:
+        log[-1]["status"] = "failed"
+    return {"stage": name, "status": status, "prompt_hash": prompt_hash, "model": "tiny-model" if raws else "",
+            "attempts": len(log), "failure_codes": list(codes), "validator_status": log[-1]["status"] if log else None,
+            "tokens_in": 100 * len(log), "tokens_out": 20 * len(log), "latency_ms": 40.0 + 10 * len(log),
+            "input_hash": "h", "attempt_log": log}
+
+
+def make_record(ident: str, gold: str, pred: str | None, *, confidence: float = 0.8,
+                relevant: dict[str, int] | None = None, retrieved: tuple[str, ...] = (), reply: str | None = "ok",
+                reference: str | None = "thanks for your order", route_raw: str = '{"department": "orders"}',
+                route_codes: tuple[str, ...] = (), draft_hash: str = "d1") -> dict[str, Any]:
+    """A case record in the runner's format; scores computed with the eval metric functions."""
+    relevant = relevant if relevant is not None else {"p1": 1}
+    route_status = "ok" if pred is not None else "failed"
+    draft_status = "ok" if reply is not None else "failed"
+    record: dict[str, Any] = {
+        "id": ident, "split": "test",
+        "expected": {"department": gold, "relevant": relevant, "reference_reply": reference},
+        "status": "ok" if pred is not None and reply is not None else "failed",
+        "error": "" if reply is not None else "draft: no valid output",
+        "route": {"department": pred, "confidence": confidence, "reason": "r"} if pred is not None else None,
+        "retrieved": [{"product_id": p, "passage_id": f"{p}#0", "score": 0.5} for p in retrieved],
+        "draft": {"reply": reply, "cited": list(retrieved[:1])} if reply is not None else None,
+        "stages": [
+            stage("route", route_status, (route_raw,) if pred is not None else (route_raw, route_raw),
+                  route_codes, "r1"),
+            stage("retrieve"),
+            stage("draft", draft_status, ('{"reply": "..."}',), (), draft_hash),
+        ],
+        "baselines": {"majority": "orders", "embedding_knn": gold},
+        "embed_sim": 0.5 if reply is not None else None,
+        "meta": {},
+        "email_chars": 40,
+    }
+    ret = retrieval_case(relevant, list(retrieved))
+    record["scores"] = {
+        "route_correct": routing_correct([gold], [pred], LABELS)[0],
+        "retrieval": ret,
+        "draft": {"valid": reply is not None, "rouge_l": rouge_l(reply, reference) if reply and reference else 0.0},
+    }
+    return record
+
+
+def write_run(folder: Path, records: list[dict[str, Any]], *, prompts: dict[str, str] | None = None,
+              top_k: int = 5, metrics_extra: dict[str, Any] | None = None) -> Path:
+    """run.json, cases.jsonl and metrics.json (compute_metrics over the records) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prompts = prompts or {"route": "Route this email.\n", "draft": "Draft a reply.\nBe short.\n"}
+    info = {
+        "name": "synthetic", "eval_set": {"name": "synthetic", "n_cases": len(records), "level": "product"},
+        "created": 1_700_000_000.0, "finished": 1_700_000_060.0, "status": "done",
+        "options": {"stages": ["route", "retrieve", "draft"], "seed": 0, "limit": None, "gold": []},
+        "settings": {"llm": {"model": "tiny-model", "base_url": "http://127.0.0.1:8765/v1"},
+                     "retrieval": {"top_k": top_k, "one_hit_per_product": True}},
+        "prompts": {name: {"hash": hashlib.sha256(text.encode()).hexdigest()[:12], "version": "1", "path": f"{name}.md",
+                           "text": text} for name, text in prompts.items()},
+        "labels": LABELS, "relevance_level": "product", "case_ids": [r["id"] for r in records],
+        "baseline_source": {"majority": "train split", "embedding_knn": "train split"},
+        "cache": {"hits": 3, "misses": 9},
+    }
+    metrics = compute_metrics(records, labels=LABELS, level="product", seed=0)
+    metrics.update(metrics_extra or {})
+    (folder / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (folder / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return folder
+
+
+def sample_records() -> list[dict[str, Any]]:
+    return [
+        make_record("c1", "orders", "orders", retrieved=("p1", "p2")),
+        make_record("c2", "shipping", "orders", confidence=0.97, route_raw=f"Sure! {SCRIPT} {{}}",
+                    route_codes=("prefix_text",), retrieved=("p9",)),
+        make_record("c3", "billing", "shipping", confidence=0.55, retrieved=("p1",)),
+        make_record("c4", "billing", None, retrieved=("p1",)),
+        make_record("c5", "out_of_scope", "out_of_scope", retrieved=("p3", "p1"), reply=None),
+        make_record("c6", "orders", "orders", retrieved=("p7", "p8")),
+    ]
+
+
+def svgs(html: str) -> list[str]:
+    return re.findall(r"<svg\b.*?</svg>", html, flags=re.S)
+
+
+def test_report_has_sections_charts_and_nothing_external(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", sample_records())
+    path = write_report(run)
+    assert path == run / "report.html"
+    html = path.read_text(encoding="utf-8")
+    for ident in ("summary", "routing", "retrieval", "drafting", "validator", "cost", "worst"):
+        assert f'<section id="{ident}">' in html
+    assert 'id="diagnosis"' not in html  # no diagnosis key in metrics.json
+    # header: eval set, date, model, prompt hashes, relevance level
+    info = json.loads((run / "run.json").read_text())
+    assert "2023-11-14" in html and "tiny-model" in html and "product" in html
+    for p in info["prompts"].values():
+        assert p["hash"] in html
+    charts = svgs(html)
+    # heatmap, retrieval curve, funnel, failure codes of the route stage
+    assert len(charts) == 4
+    for chart in charts:
+        ET.fromstring(chart)  # each chart is well-formed XML
+    titles = [ET.fromstring(c).findtext("title") for c in charts]
+    assert titles == ["Routing confusion matrix", "Retrieval metrics over k", "Validator funnel per stage",
+                      "Failure codes, route stage"]
+    # nothing external: no URLs at all (the base_url in settings is not rendered), no imports
+    assert "http://" not in html and "https://" not in html
+    assert "@import" not in html and "<link" not in html and "src=" not in html
+    assert all(href.startswith("#") for href in re.findall(r'href="([^"]*)"', html))
+
+
+def test_report_escapes_raw_outputs_and_lists_worst_cases_first_by_confidence(tmp_path: Path) -> None:
+    html = write_report(write_run(tmp_path / "run", sample_records())).read_text(encoding="utf-8")
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert re.search(r"<details><summary>route attempt 1: clean.*?</summary><pre>Sure! &lt;script&gt;", html)
+    worst = html[html.index('<section id="worst">'):]
+    # c2 (wrong, 0.97) before c3 (wrong, 0.55) before the failures (c4 route, c5 draft), then misses (c6)
+    order = [worst.index(f"<code>{c}</code>") for c in ("c2", "c3", "c4", "c5", "c6")]
+    assert order == sorted(order)
+    assert "<code>c1</code>" not in worst
+
+
+def test_worst_cases_reasons() -> None:
+    picked = worst_cases(sample_records())
+    assert [r["id"] for _, r in picked] == ["c2", "c3", "c4", "c5", "c6"]
+    assert picked[0][0] == "route wrong (confidence 0.97)"
+    assert picked[2][0].startswith("failed: route")
+    assert picked[4][0].startswith("retrieval miss")
+    assert len(worst_cases([make_record(f"x{i}", "orders", "billing") for i in range(30)])) == 20
+
+
+def test_confusion_heatmap_counts_and_colour(tmp_path: Path) -> None:
+    records = sample_records()
+    metrics = compute_metrics(records, labels=LABELS, level="product")
+    info = json.loads((write_run(tmp_path / "run", records) / "run.json").read_text())
+    chart = ET.fromstring(svgs(render_report(info, metrics, records))[0])
+    cells = [c for c in chart.iter("rect") if c.get("class") == "cell"]
+    conf = metrics["routing"]["confusion"]
+    assert len(cells) == len(conf["labels"]) * len(conf["columns"])
+    assert "invalid" in conf["columns"]
+    tips = [c.findtext("title") for c in cells]
+    assert "gold shipping, predicted orders: 1 (100% of row)" in tips
+    assert "gold billing, predicted invalid: 1 (50% of row)" in tips
+    full = next(c for c in cells if c.findtext("title") == "gold shipping, predicted orders: 1 (100% of row)")
+    empty = next(c for c in cells if c.findtext("title") == "gold shipping, predicted shipping: 0 (0% of row)")
+    assert full.get("fill") != empty.get("fill") and empty.get("fill") == "rgb(255,255,255)"
+
+
+def test_diagnosis_section_renders_alarms_ceiling_and_curves(tmp_path: Path) -> None:
+    diagnosis = {
+        "alarms": [{"name": "below_majority", "level": "error", "title": "Router <below> majority",
+                    "explanation": "The router is worse than always saying orders.", "cases": ["c2", "c3"]}],
+        "ceiling": [{"stage": "retrieval", "metric": "recall@5", "predicted": 0.4, "gold": 0.9},
+                    {"stage": "drafting", "metric": "rouge_l", "predicted": 0.2, "gold": 0.35}],
+        "learning_curves": [{"name": "router examples", "points": [
+            {"x": 10, "y": 0.5, "ci": [0.4, 0.6]}, {"x": 20, "y": 0.6, "ci": [0.5, 0.7]},
+            {"x": 40, "y": 0.65, "ci": [0.55, 0.75]}]}],
+    }
+    run = write_run(tmp_path / "run", sample_records(), metrics_extra={"diagnosis": diagnosis})
+    html = write_report(run).read_text(encoding="utf-8")
+    part = html[html.index('<section id="diagnosis">'):html.index('<section id="routing">')]
+    assert "Router &lt;below&gt; majority" in part and "c2, c3" in part and "alarm-error" in part
+    titles = [ET.fromstring(c).findtext("title") for c in svgs(part)]
+    assert titles == ["Ceiling analysis", "Learning curve: router examples"]
+    assert "0.900" in part and "recall@5" in part
+    assert part.count("<polygon") == 1  # the CI band
+
+
+def test_report_without_metrics_json_recomputes(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run", sample_records())
+    (run / "metrics.json").unlink()
+    html = write_report(run).read_text(encoding="utf-8")
+    assert '<section id="routing">' in html
+
+
+def test_report_only_routing_stage(tmp_path: Path) -> None:
+    records = sample_records()
+    for r in records:
+        r["stages"] = r["stages"][:1]
+        r["scores"]["retrieval"] = r["scores"]["draft"] = None
+    html = write_report(write_run(tmp_path / "run", records)).read_text(encoding="utf-8")
+    assert '<section id="routing">' in html
+    assert '<section id="retrieval">' not in html and '<section id="drafting">' not in html
+
+
+def test_not_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(EvalError, match="not a run directory"):
+        write_report(tmp_path)
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(EvalError, match=r"no cases\.jsonl"):
+        write_report(tmp_path)
+
+
+def test_format_summary(tmp_path: Path) -> None:
+    records = sample_records()
+    metrics = compute_metrics(records, labels=LABELS, level="product")
+    text = format_summary(metrics)
+    acc = metrics["routing"]["accuracy"]
+    line = next(line for line in text.splitlines() if line.startswith("route accuracy"))
+    lo, hi = metrics["routing"]["accuracy_ci"]
+    assert f"{acc:.3f}" in line and f"[{lo:.3f}, {hi:.3f}]" in line
+    assert f"{metrics['routing']['baselines']['majority']['accuracy']:.3f}" in line
+    assert text.index("majority") < text.index("embedding_knn")  # the baselines in their usual order
+    funnel_line = next(line for line in text.splitlines() if "prefix_text=1" in line)
+    assert funnel_line.split()[:2] == ["route", "6"]
+    assert "tokens per case" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None,
+                    reason="Chromium is not installed at /usr/bin/chromium")
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    path = write_report(write_run(tmp_path / "run", sample_records()))
+    done = subprocess.run([str(CHROMIUM), "--headless", "--disable-gpu", "--no-sandbox",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()],
+                          capture_output=True, text=True, timeout=120, check=True)
+    dom = done.stdout
+    assert dom.count("<svg") == 4
+    assert "Routing confusion matrix" in dom and 'class="cell"' in dom
+
+
+def test_report_tolerates_sparse_runs_and_partial_diagnosis(tmp_path: Path) -> None:
+    empty = write_run(tmp_path / "empty", [])
+    html = write_report(empty).read_text(encoding="utf-8")
+    assert "No wrong or failed cases." in html and '<section id="routing">' not in html
+    diagnosis = {"alarms": [], "ceiling": [{"stage": "retrieval", "predicted": 0.3, "gold": None}],
+                 "learning_curves": [{"name": "catalogue size", "points": [{"x": 1, "y": None}, {"x": 2, "y": 0.4},
+                                                                             {"x": 4, "y": 0.5, "ci": None}]}]}
+    run = write_run(tmp_path / "run", sample_records(), metrics_extra={"diagnosis": diagnosis})
+    part = write_report(run).read_text(encoding="utf-8")
+    part = part[part.index('<section id="diagnosis">'):part.index('<section id="routing">')]
+    assert "No alarms raised." in part and "<polygon" not in part
+    charts = [ET.fromstring(c) for c in svgs(part)]
+    assert [c.findtext("title") for c in charts] == ["Ceiling analysis", "Learning curve: catalogue size"]
+    assert len(list(charts[1].iter("circle"))) == 2  # the point without a value is left out
