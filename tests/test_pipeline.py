@@ -48,7 +48,7 @@ EMAIL = Email(id="e1", subject="Refund please", body="I returned the Trail shoes
 def test_a_clean_run_gives_department_hits_draft_and_stage_records(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
     with FakeServer(sensible) as server:
         result = make_pipeline(server, tmp_path, index).run(EMAIL)
-        bodies = server.bodies()
+        bodies = server.bodies
     assert result.status == "ok", result.error
     assert result.department == "returns"
     assert len(result.hits) == 5 and all(h.score >= result.hits[-1].score for h in result.hits)
@@ -81,7 +81,7 @@ def test_an_enum_violation_is_reasked_with_the_allowed_values(tmp_path: Path, in
     with FakeServer(sensible) as server:
         server.push(Reply(bad))
         result = make_pipeline(server, tmp_path, index).run(EMAIL)
-        route_requests = [b for b in server.bodies() if stage_of(b) == "route"]
+        route_requests = [b for b in server.bodies if stage_of(b) == "route"]
     assert result.status == "ok"
     assert len(route_requests) == 2
     reask = route_requests[1]["messages"][-1]["content"]
@@ -95,20 +95,28 @@ def test_truncated_output_is_retried_with_more_tokens(tmp_path: Path, index) -> 
     with FakeServer(sensible) as server:
         server.push(Reply('{"department": "returns", "confid', finish_reason="length"))
         result = make_pipeline(server, tmp_path, index).run(EMAIL)
-        route_requests = [b for b in server.bodies() if stage_of(b) == "route"]
+        route_requests = [b for b in server.bodies if stage_of(b) == "route"]
     assert result.status == "ok"
     assert route_requests[1]["max_tokens"] > route_requests[0]["max_tokens"]
     assert "truncated" in result.stages[0].failure_codes
 
 
 def test_the_same_failure_twice_stops_and_gives_a_failure_record(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
-    with FakeServer(lambda body: Reply("I cannot help with that request, it is about shoes.")) as server:
+    with FakeServer(lambda body: Reply("The customer wants their money back for the shoes.")) as server:
         result = make_pipeline(server, tmp_path, index, max_attempts=5).run(EMAIL)
-        calls = len(server.chat_requests())
+        calls = len(server.chat_requests)
     assert result.status == "failed"
-    assert "route" in result.error
+    assert "route" in result.error and "same failure twice" in result.error
     assert calls == 2  # no_json twice in a row: stop, although 5 attempts were allowed
     assert result.stages[0].status == "failed" and result.stages[-1].status == "skipped"
+
+
+def test_a_refusal_is_not_retried_blindly(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(lambda body: Reply("I'm sorry, but I can't help with that request.")) as server:
+        result = make_pipeline(server, tmp_path, index, max_attempts=5).run(EMAIL)
+        calls = len(server.chat_requests)
+    assert result.status == "failed" and calls == 1
+    assert result.stages[0].failure_codes == ("refusal",)
 
 
 def test_server_errors_are_retried_by_the_client(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
@@ -174,7 +182,7 @@ def test_given_outputs_replace_stages(tmp_path: Path, index) -> None:  # type: i
     with FakeServer(sensible) as server:
         result = make_pipeline(server, tmp_path, index).run(
             EMAIL, stages=("draft",), given=Given(department="billing", hits=(hit,)))
-        bodies = server.bodies()
+        bodies = server.bodies
     assert len(bodies) == 1 and stage_of(bodies[0]) == "draft"
     assert "gold passage" in bodies[0]["messages"][0]["content"]
     assert [s.status for s in result.stages] == ["given", "given", "ok"]

@@ -202,8 +202,10 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from mailcascade.catalog import Embedder, rebuild_index
 
     settings = _settings(args)
-    catalog = dataclasses.replace(settings.catalog, **({"path": str(Path(args.catalog).resolve())} if args.catalog else {}),
-                                  **({"index_kind": args.kind} if args.kind else {}))
+    changes = {"path": str(Path(args.catalog).resolve())} if args.catalog else {}
+    if args.kind:
+        changes["index_kind"] = args.kind
+    catalog = dataclasses.replace(settings.catalog, **changes)
     settings = settings.replace(catalog=catalog)
     index = rebuild_index(settings, Embedder(settings.embedding))
     print(f"indexed {len(index.passages)} passages from {settings.catalog_path()} into {settings.catalog.index_dir}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import copy
 import difflib
 import json
 import math
@@ -33,6 +32,7 @@ class Outcome:
 
     value: Any
     findings: list[Finding] = field(default_factory=list)
+    valid: bool = False  # the value is known to satisfy the schema
 
     @property
     def failed(self) -> bool:
@@ -47,7 +47,9 @@ def conform(value: Any, compiled: CompiledSchema, depth: int = 0) -> Outcome:
     """Unwrap, repair and check one candidate against the schema."""
     if is_schema_echo(value, compiled):
         return Outcome(value, [Finding("schema_echo", "$", "rejected", "the output is the JSON Schema itself")])
-    if compiled.is_valid(value) or depth > 2 or compiled.top_type != "object":
+    if compiled.is_valid(value):
+        return _repair(value, compiled, valid=True)
+    if depth > 2 or compiled.top_type != "object":
         return _repair(value, compiled)
     if isinstance(value, str) and value.strip()[:1] in ("{", "["):
         try:
@@ -109,8 +111,7 @@ def is_schema_echo(value: Any, compiled: CompiledSchema) -> bool:
     return False
 
 
-def _repair(value: Any, compiled: CompiledSchema) -> Outcome:
-    value = copy.deepcopy(value)
+def _repair(value: Any, compiled: CompiledSchema, valid: bool = False) -> Outcome:
     findings: list[Finding] = []
     skip: set[tuple[PathPart, ...]] = set()
     for path, leaf in leaves(value):
@@ -120,24 +121,40 @@ def _repair(value: Any, compiled: CompiledSchema) -> Outcome:
             findings.append(Finding("placeholder_value", format_path(path), "rejected", f"{leaf!r} is a placeholder"))
             skip.add(tuple(path))
     reported = {(f.code, f.where) for f in findings}
-    for _ in range(100):
+    copied = False
+    for _ in range(0 if valid else 100):
         errors = sorted(compiled.validator.iter_errors(value), key=lambda e: _WRAP_ORDER.get(e.validator, 9))
-        changed = False
+        valid = not errors
+        touched: list[tuple[PathPart, ...]] = []  # fixes in one pass must not overlap; the rest wait a pass
         for err in errors:
             where = tuple(err.absolute_path)
             if any(where[:n] in skip for n in range(len(where) + 1)):
                 continue
+            if any(where[:len(t)] == t or t[:len(where)] == where for t in touched):
+                continue
+            if not copied:
+                value, copied = json_copy(value), True
             new_value, finding = _fix(value, err, list(where), compiled)
             if finding.action != "rejected":
-                value, changed = new_value, True
+                value = new_value
                 findings.append(finding)
-                break
+                touched.append(where)
+                continue
             if (finding.code, finding.where) not in reported:
                 reported.add((finding.code, finding.where))
                 findings.append(finding)
-        if not changed:
+        if not touched:
             break
-    return Outcome(value, findings)
+    return Outcome(value, findings, valid)
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of a JSON value (faster than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_copy(v) for v in value]
+    return value
 
 
 def _fix(root: Any, err: ValidationError, path: list[PathPart], compiled: CompiledSchema) -> tuple[Any, Finding]:
@@ -209,7 +226,13 @@ def near_miss(value: str, allowed: Sequence[str]) -> tuple[str | None, list[str]
     exact = [a for a in allowed if _norm(a) == norm]
     if exact:
         return (exact[0] if len(exact) == 1 else None), exact
-    close = [a for a in allowed if difflib.SequenceMatcher(None, norm, _norm(a)).ratio() >= NEAR_MISS_CUTOFF]
+    matcher = difflib.SequenceMatcher(None, b=norm)
+    close = []
+    for a in allowed:
+        matcher.set_seq1(_norm(a))
+        if (matcher.real_quick_ratio() >= NEAR_MISS_CUTOFF and matcher.quick_ratio() >= NEAR_MISS_CUTOFF
+                and matcher.ratio() >= NEAR_MISS_CUTOFF):
+            close.append(a)
     return (close[0] if len(close) == 1 else None), close
 
 

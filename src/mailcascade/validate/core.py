@@ -89,7 +89,7 @@ def _slow(text: str, compiled: CompiledSchema, finish_reason: str | None,
                        "finish_reason=length; the JSON itself is complete")]
     findings.extend(cut)
     findings.extend(outcome.findings)
-    return _verdict(outcome.value, findings, compiled)
+    return _verdict(outcome.value, findings, None if outcome.valid else compiled)
 
 
 def _whole(text: str) -> Scan | None:
@@ -108,7 +108,9 @@ def _whole(text: str) -> Scan | None:
 def _assess(candidate: Parsed, compiled: CompiledSchema, context: ValidationContext | None) -> Outcome:
     outcome = conform(candidate.value, compiled)
     if context is not None and not any(f.code == "schema_echo" for f in outcome.findings):
-        outcome.value, extra = ground(outcome.value, compiled, context)
+        grounded, extra = ground(outcome.value, compiled, context)
+        if grounded is not outcome.value:
+            outcome.value, outcome.valid = grounded, False
         outcome.findings.extend(extra)
     return outcome
 

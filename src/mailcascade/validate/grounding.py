@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import re
 from typing import Any
 
 from mailcascade.types import Finding
 from mailcascade.validate.compiled import CompiledSchema, dotted, format_path, get_at
-from mailcascade.validate.conform import near_miss
+from mailcascade.validate.conform import json_copy, near_miss
 from mailcascade.validate.context import ValidationContext
 
 LEAK_MIN_CHARS = 40  # a verbatim span at least this long is a leak ...
@@ -81,7 +80,7 @@ def _product_ids(value: Any, context: ValidationContext, findings: list[Finding]
 
 
 def _replace(value: Any, path: list[str | int], new: Any) -> Any:
-    out = copy.deepcopy(value)
+    out = json_copy(value)
     node = out
     for part in path[:-1]:
         node = node[part]

@@ -8,6 +8,7 @@ On valid JSON it yields the same value as `json.loads`.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name}")
 
 
+@functools.lru_cache(maxsize=1)
+def _decoder() -> json.JSONDecoder:
+    return json.JSONDecoder(parse_constant=_reject_constant)
+
+
 @dataclass
 class Parsed:
     """One JSON value found in a text, with the repairs that were needed to read it."""
@@ -72,7 +78,7 @@ class _Cut(Exception):
 def parse_at(text: str, start: int) -> Parsed:
     """Parse the value at `start` strictly if possible, else leniently. Raises ParseFailure."""
     try:
-        value, end = json.JSONDecoder(parse_constant=_reject_constant).raw_decode(text, start)
+        value, end = _decoder().raw_decode(text, start)
     except ValueError:
         pass
     else:

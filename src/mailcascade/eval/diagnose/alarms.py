@@ -25,7 +25,7 @@ class Alarm:
     title: str
     explanation: str
     cases: tuple[str, ...] = ()
-    data: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict, hash=False)  # not hashed: may hold dicts
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: tuples become lists, numpy scalars plain numbers, NaN None."""

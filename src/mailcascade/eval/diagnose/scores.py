@@ -68,8 +68,8 @@ def _routing_alarms(
     if not isinstance(majority_acc, int | float) or math.isnan(majority_acc):
         majority_acc, majority_from = top_gold_n / n, f"always answering {top_gold!r}, the most frequent gold label"
     if ci[1] < majority_acc:
-        wrong = tuple(r["id"] for r in scored if not route_correct(r) and r.get("baselines", {}).get("majority")
-                      == gold_department(r))
+        wrong = tuple(r["id"] for r in scored if not route_correct(r)
+                      and ((r.get("baselines") or {}).get("majority") or top_gold) == gold_department(r))
         alarms.append(Alarm(
             "below_majority", "warn", f"Routing accuracy {accuracy:.3f} is below the majority baseline "
             f"({majority_acc:.3f})",
