@@ -90,8 +90,9 @@ def _by_content(canonical: str) -> CompiledSchema:
 
 
 def _canonical(schema: Mapping[str, Any]) -> str:
+    """The schema as JSON text, key order kept (re-ask messages list properties in the schema's order)."""
     try:
-        return json.dumps(schema, sort_keys=True, default=_plain)
+        return json.dumps(schema, default=_plain)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"the schema is not JSON: {exc}", key="schema") from None
 

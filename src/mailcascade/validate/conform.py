@@ -178,8 +178,9 @@ def _fix(root: Any, err: ValidationError, path: list[PathPart], compiled: Compil
         extras = [k for k in instance if k not in props]
         if extras:
             kept = {k: v for k, v in instance.items() if k in props}
+            # dropping a field loses what the model put there: a lossy repair
             return _set(root, path, kept), Finding("extra_field", format_path([*path, extras[0]]) if len(extras) == 1
-                                                   else where, "repaired", f"dropped {', '.join(map(repr, extras))}")
+                                                   else where, "accepted", f"dropped {', '.join(map(repr, extras))}")
     if kind == "type":
         types = [err.validator_value] if isinstance(err.validator_value, str) else list(err.validator_value)
         ok, coerced = coerce(instance, types)

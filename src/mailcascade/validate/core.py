@@ -34,7 +34,7 @@ def validate(text: str, schema: Mapping[str, Any], *, finish_reason: str | None 
     if finish_reason != "length":
         try:
             value = json.loads(text, parse_constant=_reject_constant)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         else:
             if compiled.is_valid(value) and _quick_ok(value, compiled, context):
@@ -64,7 +64,7 @@ def _slow(text: str, compiled: CompiledSchema, finish_reason: str | None,
         head = [Finding("reasoning_leak", f"offset {lo}", "accepted", "the JSON was inside the reasoning block")
                 for lo, _ in found.reasoning]
     if not found.candidates:
-        return _verdict(None, [*head, *_no_candidate(text, found), *cut])
+        return _verdict(None, [*head, *_no_candidate(text, found, finish_reason), *cut])
     assessed = [(c, _assess(c, compiled, context)) for c in found.candidates]
     best_i = min(range(len(assessed)), key=lambda i: _score(assessed[i]))
     chosen, outcome = assessed[best_i]
@@ -97,7 +97,7 @@ def _whole(text: str) -> Scan | None:
     stripped = text.strip().lstrip("\ufeff")
     try:
         value = json.loads(stripped, parse_constant=_reject_constant)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(value, str) and not value.strip().startswith(("{", "[")):
         return Scan()  # a bare JSON string: prose (or a refusal) in quotes
@@ -121,13 +121,13 @@ def _score(item: tuple[Parsed, Outcome]) -> tuple[int, int, int, int, int]:
     return (*outcome.rank()[:2], int(candidate.truncated), int(syntax_rejected), len(candidate.notes))
 
 
-def _no_candidate(text: str, found: Scan) -> list[Finding]:
-    tried = [f for f in found.failures if f.progress]
-    if tried:
-        first = tried[0]
+def _no_candidate(text: str, found: Scan, finish_reason: str | None) -> list[Finding]:
+    if found.failures:
+        first = found.failures[0]
         return [Finding("malformed_json", f"offset {first.offset}", "rejected", first.message)]
-    if is_refusal(text):
-        return [Finding("refusal", "offset 0", "rejected")]
+    if is_refusal(text) or finish_reason == "content_filter":
+        detail = "finish_reason=content_filter" if finish_reason == "content_filter" else ""
+        return [Finding("refusal", "offset 0", "rejected", detail)]
     return [Finding("no_json", "offset 0", "rejected")]
 
 

@@ -6,16 +6,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailcascade.validate.syntax import Note, Parsed, ParseFailure, parse_at
+from mailcascade.validate.syntax import TOO_DEEP, Note, Parsed, ParseFailure, parse_at
 
+_TAGS = "think|thinking|thought|reasoning|reflection|scratchpad|analysis"
 _REASONING = re.compile(
-    r"<(think|thinking|thought|reasoning|reflection|scratchpad|analysis)>.*?(?:</\1>|\Z)"
-    r"|<\|begin_of_thought\|>.*?(?:<\|end_of_thought\|>|\Z)",
+    rf"<({_TAGS})>.*?(?:</\1>|\Z)|\[(THINK)\].*?(?:\[/THINK\]|\Z)|\u25c1think\u25b7.*?(?:\u25c1/think\u25b7|\Z)"
+    r"|<\|begin_of_thought\|>.*?(?:<\|end_of_thought\|>|\Z)"
+    r"|<\|channel\|>analysis<\|message\|>.*?(?:<\|end\|>|\Z)",
     re.S | re.I,
 )
-_ORPHAN_CLOSE = re.compile(r"</(think|thinking|thought|reasoning|reflection|scratchpad|analysis)>", re.I)
+_ORPHAN_CLOSE = re.compile(rf"</(?:{_TAGS})>|\[/THINK\]", re.I)
 _OPENERS = re.compile(r"[{\[]")
-_FENCE = re.compile(r"```+[A-Za-z0-9_+\-]*|`")
+_FENCE = re.compile(r"(?:```+|~~~+)[A-Za-z0-9_+\-]*|`")
 _APOS = "(?:'|\u2019)"
 _NEG = (rf"(?:can\s*{_APOS}?t|cannot|can\s+not|won\s*{_APOS}?t(?:\s+be\s+able\s+to)?|will\s+not|"
         rf"(?:am\s+|{_APOS}m\s+)?(?:unable|not\s+able)\s+to|am\s+not\s+going\s+to|{_APOS}m\s+not\s+going\s+to)")
@@ -33,7 +35,7 @@ class Scan:
     """Every JSON candidate outside reasoning blocks, plus what failed to parse."""
 
     candidates: list[Parsed] = field(default_factory=list)
-    failures: list[ParseFailure] = field(default_factory=list)
+    failures: list[ParseFailure] = field(default_factory=list)  # only those that looked like JSON for a while
     reasoning: list[tuple[int, int]] = field(default_factory=list)
     inside_reasoning: bool = False  # the candidates were found only inside reasoning blocks
 
@@ -67,7 +69,10 @@ def _scan_range(text: str, lo: int, hi: int, top_type: Any, scan: Scan) -> None:
         try:
             parsed = parse_at(text, start)
         except ParseFailure as exc:
-            scan.failures.append(exc)
+            if exc.progress:  # kept without its traceback: thousands of live frames slow the GC down
+                scan.failures.append(ParseFailure(exc.offset, exc.message, exc.progress, exc.start))
+            if exc.message == TOO_DEEP:
+                pos = exc.offset  # every start inside is at least as deep
             continue
         if _counts(parsed.value, top_type):
             scan.candidates.append(parsed)
@@ -75,21 +80,44 @@ def _scan_range(text: str, lo: int, hi: int, top_type: Any, scan: Scan) -> None:
 
 
 def scan(text: str, top_type: Any) -> Scan:
-    """Parse every candidate JSON value in `text`, skipping reasoning blocks unless nothing is outside them."""
-    out = Scan(reasoning=reasoning_spans(text))
-    pos = 0
-    for lo, hi in out.reasoning:
-        _scan_range(text, pos, lo, top_type, out)
-        pos = hi
-    _scan_range(text, pos, len(text), top_type, out)
-    if not out.candidates and out.reasoning:
+    """Parse every candidate JSON value in `text`; candidates inside reasoning blocks count only if none is outside.
+
+    Reasoning tags inside a strictly valid JSON value (a reply that mentions "</think>") are content, not tags;
+    a lenient parse that runs across a tag (broken JSON inside a think block) is not trusted.
+    """
+    full = Scan()
+    _scan_range(text, 0, len(text), top_type, full)
+    raw_spans = reasoning_spans(text)
+    if not raw_spans:
+        return full
+    if any(_crosses(c, raw_spans) and (c.notes or c.truncated) for c in full.candidates):
+        out = Scan(reasoning=raw_spans)
+        pos = 0
+        for lo, hi in raw_spans:
+            _scan_range(text, pos, lo, top_type, out)
+            pos = hi
+        _scan_range(text, pos, len(text), top_type, out)
         inner = Scan()
-        for lo, hi in out.reasoning:
+        for lo, hi in raw_spans:
             _scan_range(text, lo, hi, top_type, inner)
-        if inner.candidates:
-            out.candidates = inner.candidates
-            out.inside_reasoning = True
+    else:
+        masked = list(text)
+        for c in full.candidates:
+            masked[c.start:c.end] = " " * (c.end - c.start)
+        spans = reasoning_spans("".join(masked))
+        outside = [f for f in full.failures if not any(lo <= f.start < hi for lo, hi in spans)]
+        out = Scan(failures=outside, reasoning=spans)
+        inner = Scan()
+        for c in full.candidates:
+            (inner if any(lo <= c.start and c.end <= hi for lo, hi in spans) else out).candidates.append(c)
+    if not out.candidates and inner.candidates:
+        out.candidates = inner.candidates
+        out.inside_reasoning = True
     return out
+
+
+def _crosses(c: Parsed, spans: list[tuple[int, int]]) -> bool:
+    return any(c.start < hi and c.end > lo and not (lo <= c.start and c.end <= hi) for lo, hi in spans)
 
 
 def is_refusal(text: str) -> bool:
@@ -103,7 +131,7 @@ def prose_notes(text: str, chosen: Parsed, others: list[Parsed], reasoning: list
     for lo, hi in [*reasoning, *((o.start, o.end) for o in others)]:
         masked[lo:hi] = " " * (hi - lo)
     masked[chosen.start:chosen.end] = " " * (chosen.end - chosen.start)
-    flat = "".join(masked)
+    flat = "".join(masked).replace("\ufeff", " ")  # a byte-order mark is not text
     fences = [m for m in _FENCE.finditer(flat) if m.group() != "`" or _touches(flat, m, chosen)]
     if fences:
         notes.append(("code_fence", fences[0].start(), fences[0].group().lstrip("`")))

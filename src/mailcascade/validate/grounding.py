@@ -12,7 +12,7 @@ from mailcascade.validate.conform import json_copy, near_miss
 from mailcascade.validate.context import ValidationContext
 
 LEAK_MIN_CHARS = 40  # a verbatim span at least this long is a leak ...
-LEAK_SENTENCE_WORDS = 6  # ... and so is a whole prompt sentence of at least this many words
+LEAK_SENTENCE_WORDS = 6  # ... and so is a whole prompt sentence (ending in . ! or ?) of at least this many words
 _SHINGLE = 5
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+")
 
@@ -97,7 +97,8 @@ def _prompt_index(prompt: str) -> tuple[str, frozenset[str], tuple[str, ...]]:
     norm = _norm(prompt)
     words = norm.split(" ")
     shingles = frozenset(" ".join(words[i:i + _SHINGLE]) for i in range(len(words) - _SHINGLE + 1))
-    sentences = tuple(s for s in _SENTENCE_END.split(norm) if len(s.split()) >= LEAK_SENTENCE_WORDS)
+    sentences = tuple(s for s in _SENTENCE_END.split(norm)  # whole sentences only, not fragments around a variable
+                      if len(s.split()) >= LEAK_SENTENCE_WORDS and s[-1] in ".!?")
     return norm, shingles, sentences
 
 

@@ -51,7 +51,8 @@ class Policy:
     ``truncated`` -> more_tokens; ``empty_output``, ``no_json``, ``malformed_json``, ``non_finite_number``,
     ``schema_echo``, ``placeholder_value``, ``prompt_leak`` -> reask; every other code -> repair (so
     fences, chatter, quotes, commas, wrapping, coercions, a chosen one of ``multiple_json``, a mapped enum or
-    department near miss, dropped unknown product ids are accepted, and a failure they could not fix is re-asked).
+    department near miss, dropped extra fields and unknown product ids are accepted; what could not be fixed is
+    re-asked).
 
     ``decide``: each finding's code maps to an action (``repair`` maps to accept, or to reask when the verdict
     failed); the strongest wins, fail > more_tokens > reask > accept. A clean verdict is accepted.

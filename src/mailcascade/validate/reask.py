@@ -36,7 +36,8 @@ def reask_message(verdict: Verdict, schema: Mapping[str, Any], context: Validati
     for finding in verdict.findings:
         if finding.code in _SYNTAX:
             if finding.code not in seen:
-                syntax.append(_SYNTAX[finding.code])
+                where = f" (at {finding.where}: {finding.detail})" if finding.code == "malformed_json" else ""
+                syntax.append(_SYNTAX[finding.code] + where)
         else:
             line = _line(finding, compiled, context)
             if line and line not in lines:
@@ -86,11 +87,10 @@ def describe(sub: Mapping[str, Any]) -> str:
     limits = []
     if "minimum" in sub or "maximum" in sub:
         limits.append(f"from {sub.get('minimum', '-inf')} to {sub.get('maximum', 'inf')}")
-    for key, word in (("minLength", "at least {} characters"), ("maxLength", "at most {} characters"),
-                      ("minItems", "at least {} items"), ("maxItems", "at most {} items"),
-                      ("pattern", "matching {}")):
+    for key, word in (("minLength", "at least {} character"), ("maxLength", "at most {} character"),
+                      ("minItems", "at least {} item"), ("maxItems", "at most {} item"), ("pattern", "matching {}")):
         if key in sub:
-            limits.append(word.format(sub[key]))
+            limits.append(word.format(sub[key]) + ("s" if key != "pattern" and sub[key] != 1 else ""))
     return text + (" " + ", ".join(limits) if limits else "")
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Note = tuple[str, int, str]  # code, offset, detail
+MAX_DEPTH = 200
+TOO_DEEP = "nested too deeply"
 
 _WS = frozenset(" \t\n\r\ufeff\u00a0")
 _CLOSE_AFTER = frozenset(",:}]/#\"")
@@ -79,7 +81,7 @@ def parse_at(text: str, start: int) -> Parsed:
     """Parse the value at `start` strictly if possible, else leniently. Raises ParseFailure."""
     try:
         value, end = _decoder().raw_decode(text, start)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     else:
         return Parsed(value, start, end)
@@ -273,6 +275,8 @@ class _Lenient:
         return m.group()
 
     def container(self, closer: str) -> Any:
+        if len(self.closers) >= MAX_DEPTH:
+            raise ParseFailure(self.i, TOO_DEEP, self.progress, self.start)
         is_obj = closer == "}"
         out_obj: dict[str, Any] = {}
         out_arr: list[Any] = []

@@ -61,11 +61,12 @@ def main() -> int:
         resp = client.chat.completions.create(model="smollm2", messages=messages,  # type: ignore[arg-type]
                                               max_tokens=max_tokens, temperature=0.7, seed=i, **kwargs)
         choice = resp.choices[0]
+        raw = choice.message.content or ""
         item = {"id": f"smollm2-{i:02d}", "stage": stage, "schema": schema_name, "structured": structured,
-                "max_tokens": max_tokens, "raw": choice.message.content or "", "finish_reason": choice.finish_reason,
+                "max_tokens": max_tokens, "raw": raw, "finish_reason": choice.finish_reason,
                 "prompt": messages[0]["content"]}
         out.append(item)
-        print(item["id"], stage, structured, max_tokens, choice.finish_reason, repr(item["raw"][:80]), flush=True)
+        print(item["id"], stage, structured, max_tokens, choice.finish_reason, repr(raw[:80]), flush=True)
     with (HERE / "smollm2_raw.jsonl").open("w", encoding="utf-8") as fh:
         for item in out:
             fh.write(json.dumps(item, ensure_ascii=False) + "\n")
