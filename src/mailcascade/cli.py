@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import MailcascadeError
@@ -202,7 +202,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from mailcascade.catalog import Embedder, rebuild_index
 
     settings = _settings(args)
-    changes = {"path": str(Path(args.catalog).resolve())} if args.catalog else {}
+    changes: dict[str, Any] = {"path": str(Path(args.catalog).resolve())} if args.catalog else {}
     if args.kind:
         changes["index_kind"] = args.kind
     catalog = dataclasses.replace(settings.catalog, **changes)

@@ -75,7 +75,7 @@ def examples(rows: Iterable[Row], code: str, limit: int = 5) -> list[Row]:
 def _context(data: Mapping[str, Any] | None) -> ValidationContext | None:
     if not data:
         return None
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return ValidationContext(**fields)
 
 

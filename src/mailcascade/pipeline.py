@@ -212,7 +212,9 @@ class Pipeline:
         self, email: Email, routed: StageOutput[RouteDecision], retrieved: StageOutput[tuple[Hit, ...]],
         drafted: StageOutput[Draft] | None, stages: Sequence[str],
     ) -> Result:
-        outputs: list[StageOutput[Any]] = [routed, retrieved] + ([drafted] if drafted else [])
+        outputs: list[StageOutput[Any]] = [routed, retrieved]
+        if drafted is not None:
+            outputs.append(drafted)
         self._log(email, outputs)
         records: list[StageRecord] = [o.record for o in outputs]
         if drafted is None and "draft" in stages:

@@ -100,7 +100,8 @@ class EmbeddingCache:
         key = hashlib.sha256(json.dumps([self.embedder.name, list(texts)]).encode()).hexdigest()[:24]
         path = self.folder / f"{key}.npy"
         if path.is_file():
-            return np.load(path)
+            cached: np.ndarray = np.load(path)
+            return cached
         vectors = self.embedder.encode(texts)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
@@ -127,13 +128,13 @@ def baseline_predictions(
         source = {"majority": "the eval set itself", "embedding_knn": "leave-one-out over the eval set"}
     majority = Counter(c.expected.department for c in (train or labelled)).most_common(1)[0][0]
     test_vecs = vectors.encode([email_text(c.email) for c in cases])
+    knn: list[str | None] = []
     if train:
         router = EmbeddingRouter([email_text(c.email) for c in train], [str(c.expected.department) for c in train],
                                  vectors.embedder, k, vectors=vectors.encode([email_text(c.email) for c in train]))
-        knn = [d.department for d in router.predict_vectors(test_vecs)]  # type: ignore[misc]
+        knn = [d.department for d in router.predict_vectors(test_vecs)]
     else:
         pool_vecs = vectors.encode([email_text(c.email) for c in labelled])
-        knn: list[str | None] = []
         for case, vec in zip(cases, test_vecs, strict=True):
             keep = [i for i in range(len(labelled)) if labelled[i].id != case.id]
             if not keep:
@@ -152,8 +153,8 @@ def gold_hits(case: EvalCase, passages: Sequence[Passage], level: str) -> tuple[
     """The relevant passages as hits, best grade first (for ceiling runs that feed gold retrieval to drafting)."""
     by_passage = {p.passage_id: p for p in passages}
     first_of_product: dict[str, Passage] = {}
-    for p in passages:
-        first_of_product.setdefault(p.product_id, p)
+    for passage in passages:
+        first_of_product.setdefault(passage.product_id, passage)
     hits = []
     for ident, grade in sorted(case.expected.relevant.items(), key=lambda kv: -kv[1]):
         p = by_passage.get(ident) if level == "passage" else first_of_product.get(ident)
