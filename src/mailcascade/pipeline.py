@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailcascade.catalog import Embedder, open_index
+from mailcascade.catalog import Embedder, EmbedderLike, open_index
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import EmailParseError, MailcascadeError
 from mailcascade.llm import LocalServer, OpenAIClient, local_server_if_needed
@@ -53,7 +53,7 @@ class Pipeline:
         store: Store | None = None,
         index: retrieve_stage.Searcher | None = None,
         router: EmbeddingRouter | None = None,
-        embedder: Embedder | None = None,
+        embedder: EmbedderLike | None = None,
         run_id: str | None = None,
     ) -> None:
         for name in ("route", "draft"):
@@ -77,7 +77,7 @@ class Pipeline:
     def from_config(
         cls, path: str | Path | None = None, *, settings: Settings | None = None, llm: LLM | None = None,
         index: retrieve_stage.Searcher | None = None, router: EmbeddingRouter | None = None,
-        run_id: str | None = None,
+        embedder: EmbedderLike | None = None, run_id: str | None = None,
     ) -> Pipeline:
         """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client."""
         settings = settings or load_settings(path)
@@ -85,7 +85,7 @@ class Pipeline:
         base: LLM = llm or OpenAIClient(settings.llm)
         if settings.store.cache_llm:
             base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
-        embedder = Embedder(settings.embedding)
+        embedder = embedder or Embedder(settings.embedding)
         if router is None and settings.route.strategy == "embedding":
             router = EmbeddingRouter.from_settings(settings, embedder)
         return cls(settings, base, load_prompts(settings.prompts_path()), store=store, index=index, router=router,
@@ -112,7 +112,7 @@ class Pipeline:
             self._server = None
 
     @property
-    def embedder(self) -> Embedder:
+    def embedder(self) -> EmbedderLike:
         with self._lock:
             if self._embedder is None:
                 self._embedder = Embedder(self.settings.embedding)

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from mailcascade.stages.embed_route import EmbeddingRouter, EncoderLike
+from mailcascade.catalog import EmbedderLike
+from mailcascade.stages.embed_route import EmbeddingRouter
 from mailcascade.types import RouteDecision
 
 
@@ -29,7 +30,7 @@ def embedding_baseline(
     train_texts: Sequence[str],
     train_labels: Sequence[str],
     test_texts: Sequence[str],
-    embedder: EncoderLike,
+    embedder: EmbedderLike,
     k: int = 5,
 ) -> list[RouteDecision]:
     """k-NN routing of test_texts by the labelled train_texts (see `EmbeddingRouter`)."""

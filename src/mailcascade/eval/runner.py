@@ -181,7 +181,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def run_eval(
     eval_set: EvalSet, out_dir: str | Path, options: EvalOptions = EvalOptions(), *,
-    settings: Settings | None = None, llm: LLM | None = None, cache_dir: str | Path = ".mailcascade",
+    settings: Settings | None = None, llm: LLM | None = None, embedder: EmbedderLike | None = None,
+    cache_dir: str | Path = ".mailcascade",
 ) -> Path:
     """Run (or resume) an eval and write the run directory; returns its path."""
     out = Path(out_dir)
@@ -200,7 +201,8 @@ def run_eval(
                         "or another --out")
     out.mkdir(parents=True, exist_ok=True)
     run_info = _run_info(eval_set, options, settings, cases, labels, level, out, resume=bool(done))
-    pipeline = Pipeline.from_config(settings=settings, llm=llm, run_id=f"eval:{out.name}:{int(time.time())}")
+    pipeline = Pipeline.from_config(settings=settings, llm=llm, embedder=embedder,
+                                    run_id=f"eval:{out.name}:{int(time.time())}")
     vectors = EmbeddingCache(pipeline.embedder, cache / "embeddings")
     todo = [c for c in cases if c.id not in done]
     baselines, baseline_source = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)

@@ -21,10 +21,11 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mailcascade.catalog import EmbedderLike
 from mailcascade.config import Settings
 from mailcascade.errors import ConfigError
 from mailcascade.types import Email, RouteDecision, StageRecord
@@ -34,18 +35,6 @@ if TYPE_CHECKING:
 
 #: queries are scored against all examples in blocks of this many rows (bounds memory)
 _QUERY_BLOCK = 256
-
-
-class EncoderLike(Protocol):
-    """Anything that turns texts into L2-normalised float32 row vectors (mailcascade.catalog.Embedder is one)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 def _unit_rows(vectors: np.ndarray, rows: int) -> np.ndarray:
@@ -77,7 +66,7 @@ class EmbeddingRouter:
         self,
         texts: Sequence[str],
         labels: Sequence[str],
-        embedder: EncoderLike,
+        embedder: EmbedderLike,
         k: int = 5,
         *,
         vectors: np.ndarray | None = None,
@@ -100,7 +89,7 @@ class EmbeddingRouter:
 
     @classmethod
     def from_jsonl(
-        cls, path: str | Path, embedder: EncoderLike, k: int = 5, departments: Sequence[str] | None = None
+        cls, path: str | Path, embedder: EmbedderLike, k: int = 5, departments: Sequence[str] | None = None
     ) -> EmbeddingRouter:
         """Load examples from JSONL lines {"text": ..., "department": ...} (blank lines are skipped).
 
@@ -134,7 +123,7 @@ class EmbeddingRouter:
         return cls(texts, labels, embedder, k)
 
     @classmethod
-    def from_settings(cls, settings: Settings, embedder: EncoderLike) -> EmbeddingRouter:
+    def from_settings(cls, settings: Settings, embedder: EmbedderLike) -> EmbeddingRouter:
         """The router `[route]` configures: examples_path, neighbours, checked against the departments."""
         if not settings.route.examples_path:
             raise ConfigError('[route] strategy = "embedding" needs examples_path', key="route.examples_path")

@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from mailcascade.catalog import EmbedderLike
 from mailcascade.eval.diagnose.alarms import Alarm
 from mailcascade.eval.stats import bootstrap_ci
-from mailcascade.stages.embed_route import EmbeddingRouter, EncoderLike
+from mailcascade.stages.embed_route import EmbeddingRouter
 
 
 def _half(point: Mapping[str, Any]) -> float:
@@ -69,7 +70,7 @@ def learning_curve(
 
 def router_learning_curve(
     train_texts: Sequence[str], train_labels: Sequence[str], test_texts: Sequence[str], test_labels: Sequence[str],
-    embedder: EncoderLike, *, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), seed: int = 0, k: int = 5,
+    embedder: EmbedderLike, *, fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0), seed: int = 0, k: int = 5,
 ) -> list[dict[str, Any]]:
     """Accuracy of the embedding router trained on growing, nested random subsets of the examples.
 

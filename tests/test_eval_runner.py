@@ -1,0 +1,131 @@
+"""The eval harness end to end: fake model server, fake embedder, the project's sample eval set."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fakes import HashEmbedder, sensible, stage_of
+from fakeserver import FakeServer
+from mailcascade.config import LLMSettings, Settings, StoreSettings
+from mailcascade.eval.evalset import load_eval_set
+from mailcascade.eval.records import compute_metrics
+from mailcascade.eval.runner import EvalOptions, read_records, run_eval
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample_emails.jsonl"
+
+
+def settings_for(server: FakeServer, tmp_path: Path, prompts: Path | None = None) -> Settings:
+    s = Settings()
+    return s.replace(
+        llm=LLMSettings(base_url=server.base_url, model="fake-model", max_retries=1, backoff_initial_s=0.01,
+                        backoff_max_s=0.02),
+        store=StoreSettings(path=str(tmp_path / "log.db")),
+        prompts_dir=str(prompts or ""),
+    )
+
+
+def run(server: FakeServer, tmp_path: Path, out: str, options: EvalOptions, prompts: Path | None = None) -> Path:
+    return run_eval(load_eval_set(SAMPLE), tmp_path / out, options, settings=settings_for(server, tmp_path, prompts),
+                    embedder=HashEmbedder(), cache_dir=tmp_path / "cache")
+
+
+def test_a_run_writes_records_metrics_and_report_that_agree(tmp_path: Path) -> None:
+    with FakeServer(sensible) as server:
+        run_dir = run(server, tmp_path, "r1", EvalOptions(progress=False, concurrency=4))
+    records = read_records(run_dir / "cases.jsonl")
+    info = json.loads((run_dir / "run.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(r["id"] for r in records) == sorted(info["case_ids"]) and len(records) == 43
+    # the numbers in metrics.json are exactly what the per-case records give
+    order = {cid: i for i, cid in enumerate(info["case_ids"])}
+    records.sort(key=lambda r: order[r["id"]])
+    assert compute_metrics(records, labels=info["labels"], level=info["relevance_level"]) == metrics
+    routing = metrics["routing"]
+    assert 0 < routing["accuracy"] <= 1 and routing["accuracy_ci"][0] <= routing["accuracy"] <= routing["accuracy_ci"][1]
+    assert set(routing["baselines"]) == {"majority", "embedding_knn"}
+    assert metrics["retrieval"]["recall@10"] >= metrics["retrieval"]["recall@1"]
+    assert metrics["drafting"]["valid_share"] == 1.0
+    assert info["prompts"]["route"]["hash"] and info["status"] == "done"
+    assert (run_dir / "report.html").read_text().count("<svg") >= 3
+
+
+def test_editing_only_the_draft_prompt_recalls_only_drafts(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts"
+    shutil.copytree(ROOT / "src" / "mailcascade" / "prompts", prompts)
+    options = EvalOptions(progress=False, limit=10)
+    with FakeServer(sensible) as server:
+        run(server, tmp_path, "a", options, prompts)
+        first = len(server.chat_requests)
+        draft = prompts / "draft.md"
+        draft.write_text(draft.read_text().replace("a colleague will check", "a teammate will check"))
+        run_b = run(server, tmp_path, "b", options, prompts)
+        second = [r.body for r in server.chat_requests[first:]]
+    assert first == 20
+    assert len(second) == 10 and all(stage_of(b) == "draft" for b in second)
+    cost = json.loads((run_b / "metrics.json").read_text())["cost"]["stages"]
+    assert cost["route"]["llm_calls_cached"] == cost["route"]["llm_calls"] == 10
+    assert cost["draft"]["llm_calls_cached"] == 0
+
+
+def test_stages_and_gold_inputs(tmp_path: Path) -> None:
+    with FakeServer(sensible) as server:
+        only = run(server, tmp_path, "rr", EvalOptions(progress=False, limit=6, stages=("route", "retrieve")))
+        assert all(stage_of(r.body) == "route" for r in server.chat_requests)
+        calls = len(server.chat_requests)
+        gold = run(server, tmp_path, "gold", EvalOptions(progress=False, limit=6, stages=("retrieve", "draft"),
+                                                          gold=("department",)))
+        assert all(stage_of(r.body) == "draft" for r in server.chat_requests[calls:])
+    m_only = json.loads((only / "metrics.json").read_text())
+    assert "drafting" not in m_only and "routing" in m_only and "retrieval" in m_only
+    m_gold = json.loads((gold / "metrics.json").read_text())
+    assert "routing" not in m_gold and m_gold["drafting"]["n"] == 6
+
+
+def test_an_existing_run_needs_resume(tmp_path: Path) -> None:
+    from mailcascade.errors import EvalError
+
+    with FakeServer(sensible) as server:
+        run(server, tmp_path, "x", EvalOptions(progress=False, limit=2))
+        with pytest.raises(EvalError, match="--resume"):
+            run(server, tmp_path, "x", EvalOptions(progress=False, limit=2))
+        again = run(server, tmp_path, "x", EvalOptions(progress=False, limit=2, resume=True))
+    assert len(read_records(again / "cases.jsonl")) == 2
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_with_every_case_exactly_once(tmp_path: Path) -> None:
+    """A real `mailcascade eval` process, killed mid-run, then resumed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MAILCASCADE_STORE__PATH": str(tmp_path / "log.db"),
+           "MAILCASCADE_LLM__MAX_RETRIES": "1"}
+    out = tmp_path / "killed"
+    with FakeServer(sensible, latency_s=0.15) as server:
+        env["OPENAI_BASE_URL"] = server.base_url
+        cmd = [sys.executable, "-m", "mailcascade.cli", "eval", str(SAMPLE), "--out", str(out), "--no-progress",
+               "--concurrency", "2"]
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        records = out / "cases.jsonl"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if records.is_file() and records.read_text().count("\n") >= 5:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = len(read_records(records))
+        assert 5 <= partial < 43
+        done = subprocess.run([*cmd, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    ids = [r["id"] for r in read_records(records)]
+    assert len(ids) == 43 and len(set(ids)) == 43
+    assert json.loads((out / "run.json").read_text())["resumed"] == 1
