@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp_.set_defaults(func=cmd_compare)
 
+    diag = sub.add_parser("diagnose", help="error analysis of a run: alarms, ceiling analysis, ablations, "
+                          "learning curves, leakage (stored in metrics.json and the report)")
+    diag.add_argument("run", metavar="RUN")
+    diag.add_argument("--data-dir", metavar="DIR", help="where the public datasets are (default: as the run)")
+    diag.add_argument("--ablation-limit", type=int, default=40, metavar="N",
+                      help="cases per model-calling ablation (default 40; ablations share the LLM cache)")
+    diag.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    diag.add_argument("--no-progress", action="store_true")
+    diag.set_defaults(func=cmd_diagnose)
+
     model = sub.add_parser("model", help="the embedded local model server")
     msub = model.add_subparsers(metavar="ACTION")
     serve = msub.add_parser("serve", help="run the llama.cpp server with SmolLM2-135M-Instruct until Ctrl-C")
@@ -295,7 +305,7 @@ def _csv(value: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
 def cmd_eval(args: argparse.Namespace) -> int:
     import time
 
-    from mailcascade.eval.evalset import load_eval_set
+    from mailcascade.eval.evalset import load_eval_set, resolve_data_dir
     from mailcascade.eval.report import format_summary
     from mailcascade.eval.runner import EvalOptions, run_eval
 
@@ -306,6 +316,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         stages=_csv(args.stages, _STAGES, "--stages"), limit=args.limit, sample=args.sample, seed=args.seed,
         concurrency=args.concurrency, resume=args.resume, progress=not args.no_progress,
         gold=_csv(args.gold, ("department", "hits"), "--gold"),
+        data_dir=str(resolve_data_dir(args.data_dir)[0].resolve()),
     )
     settings = load_settings(args.config) if args.config else None
     out = args.out or f"runs/{eval_set.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -329,6 +340,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare_runs(Path(args.run_a), Path(args.run_b))
     print(json.dumps(result, indent=2) if args.json else format_compare(result))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from mailcascade.eval.diagnose.run import diagnose_run, format_diagnosis
+
+    diagnosis = diagnose_run(args.run, data_dir=args.data_dir, ablation_limit=args.ablation_limit,
+                             progress=not args.no_progress)
+    print(json.dumps(diagnosis, indent=2, default=str) if args.json else format_diagnosis(diagnosis))
+    print(f"\nstored in {Path(args.run) / 'metrics.json'} (\"diagnosis\"); report: {Path(args.run) / 'report.html'}",
+          file=sys.stderr)
     return 0
 
 

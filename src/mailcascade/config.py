@@ -91,8 +91,15 @@ class RetrievalSettings:
 @dataclass(frozen=True)
 class RouteSettings:
     strategy: Literal["llm", "embedding"] = "llm"
-    examples_path: str = ""  # JSONL of {"text", "department"} for the embedding router
+    examples_path: str = ""  # JSONL of {"text", "department"}: the embedding router's examples and few-shot pool
     neighbours: int = 5
+    describe_departments: bool = True  # the route prompt lists each department's description, not just its name
+    few_shot: int = 0  # labelled examples shown in the route prompt (from examples_path, or an eval train split)
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    include_passages: bool = True  # the draft prompt sees the retrieved product information
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class Settings:
     catalog: CatalogSettings = CatalogSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     route: RouteSettings = RouteSettings()
+    draft: DraftSettings = DraftSettings()
     validation: ValidationSettings = ValidationSettings()
     input: InputSettings = InputSettings()
     store: StoreSettings = StoreSettings()
@@ -195,6 +203,13 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     _overlay_env(raw, env)
     settings: Settings = _build(Settings, raw, "")
     return dataclasses.replace(settings, source=source)
+
+
+def settings_from_dict(data: Mapping[str, Any]) -> Settings:
+    """Rebuild Settings from `Settings.to_dict()` (e.g. a run's stored settings); `source` is dropped."""
+    raw = {k: v for k, v in data.items() if k != "source"}
+    settings: Settings = _build(Settings, raw, "")
+    return settings
 
 
 _PATH_KEYS = {("prompts_dir",), ("catalog", "path"), ("catalog", "index_dir"), ("store", "path"),

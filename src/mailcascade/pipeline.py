@@ -25,7 +25,7 @@ from mailcascade.stages import draft as draft_stage
 from mailcascade.stages import retrieve as retrieve_stage
 from mailcascade.stages import route as route_stage
 from mailcascade.stages.call import Budget, StageOutput
-from mailcascade.stages.embed_route import EmbeddingRouter, embed_route
+from mailcascade.stages.embed_route import EmbeddingRouter, embed_route, load_examples
 from mailcascade.store import Store
 from mailcascade.types import Draft, Email, Hit, Result, RouteDecision, StageRecord
 from mailcascade.validate import Policy, default_policy
@@ -54,6 +54,7 @@ class Pipeline:
         index: retrieve_stage.Searcher | None = None,
         router: EmbeddingRouter | None = None,
         embedder: EmbedderLike | None = None,
+        few_shot_pool: Sequence[tuple[str, str]] = (),
         run_id: str | None = None,
     ) -> None:
         for name in ("route", "draft"):
@@ -64,6 +65,7 @@ class Pipeline:
         self.prompts = prompts
         self.store = store
         self.router = router
+        self.few_shot = route_stage.pick_few_shot(few_shot_pool, settings.route.few_shot)
         self.policies: dict[str, Policy] = {
             stage: default_policy().with_overrides(settings.validation.policy.get(stage, {})) for stage in STAGES
         }
@@ -77,7 +79,8 @@ class Pipeline:
     def from_config(
         cls, path: str | Path | None = None, *, settings: Settings | None = None, llm: LLM | None = None,
         index: retrieve_stage.Searcher | None = None, router: EmbeddingRouter | None = None,
-        embedder: EmbedderLike | None = None, run_id: str | None = None,
+        embedder: EmbedderLike | None = None, few_shot_pool: Sequence[tuple[str, str]] | None = None,
+        run_id: str | None = None,
     ) -> Pipeline:
         """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client."""
         settings = settings or load_settings(path)
@@ -88,8 +91,10 @@ class Pipeline:
         embedder = embedder or Embedder(settings.embedding)
         if router is None and settings.route.strategy == "embedding":
             router = EmbeddingRouter.from_settings(settings, embedder)
+        if few_shot_pool is None and settings.route.few_shot and settings.route.examples_path:
+            few_shot_pool = load_examples(settings.route.examples_path)
         return cls(settings, base, load_prompts(settings.prompts_path()), store=store, index=index, router=router,
-                   embedder=embedder, run_id=run_id)
+                   embedder=embedder, few_shot_pool=few_shot_pool or (), run_id=run_id)
 
     # lifecycle ----------------------------------------------------------
     def __enter__(self) -> Pipeline:
@@ -135,7 +140,7 @@ class Pipeline:
             if "route" in stages:
                 routed = (embed_route(email, self.router, self.settings.input.max_prompt_chars) if self.router else
                           route_stage.route(email, self.llm, self.prompts["route"], self.settings,
-                                            self.policies["route"], budget))
+                                            self.policies["route"], budget, self.few_shot))
             else:
                 routed = _given_route(given)
             retrieved = (self._retrieve(email, routed) if "retrieve" in stages else _given_hits(given))
@@ -155,7 +160,7 @@ class Pipeline:
                 routed = (await asyncio.to_thread(embed_route, email, self.router,
                                                   self.settings.input.max_prompt_chars) if self.router else
                           await route_stage.aroute(email, self.llm, self.prompts["route"], self.settings,
-                                                   self.policies["route"], budget))
+                                                   self.policies["route"], budget, self.few_shot))
             else:
                 routed = _given_route(given)
             retrieved = (await asyncio.to_thread(self._retrieve, email, routed) if "retrieve" in stages

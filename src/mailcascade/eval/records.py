@@ -181,10 +181,11 @@ def cost(records: Sequence[Record]) -> dict[str, Any]:
     for r in records:
         total = 0
         for s in r["stages"]:
+            if s["status"] not in ("ok", "failed"):
+                continue
             row = per_stage.setdefault(s["stage"], {"latency_ms": [], "tokens": []})
-            if s["status"] in ("ok", "failed"):
-                row["latency_ms"].append(s["latency_ms"])
-                row["tokens"].append(s["tokens_in"] + s["tokens_out"])
+            row["latency_ms"].append(s["latency_ms"])
+            row["tokens"].append(s["tokens_in"] + s["tokens_out"])
             total += s["tokens_in"] + s["tokens_out"]
             for a in s.get("attempt_log") or []:
                 calls[s["stage"]] += 1

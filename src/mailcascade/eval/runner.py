@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mailcascade.catalog import EmbedderLike, Passage
+from mailcascade.catalog import Embedder, EmbedderLike, Passage
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import EvalError
 from mailcascade.eval.cases import EvalCase
@@ -52,6 +52,7 @@ class EvalOptions:
     resume: bool = False
     progress: bool = True
     gold: tuple[str, ...] = ()  # upstream outputs to take from the labels: "department", "hits" (ceiling runs)
+    data_dir: str | None = None  # where the eval set's data was read from (recorded so diagnose can reload it)
 
 
 def select_cases(cases: Sequence[EvalCase], options: EvalOptions) -> list[EvalCase]:
@@ -95,6 +96,14 @@ class EmbeddingCache:
     def __init__(self, embedder: EmbedderLike, folder: Path) -> None:
         self.embedder = embedder
         self.folder = folder
+
+    @property
+    def name(self) -> str:
+        return self.embedder.name
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         key = hashlib.sha256(json.dumps([self.embedder.name, list(texts)]).encode()).hexdigest()[:24]
@@ -149,6 +158,18 @@ def baseline_predictions(
     return out, source
 
 
+def train_router(eval_set: EvalSet, settings: Settings, vectors: EmbeddingCache) -> EmbeddingRouter | None:
+    """With `[route] strategy = "embedding"` and no examples_path, the router learns from the train split."""
+    if settings.route.strategy != "embedding" or settings.route.examples_path:
+        return None
+    train = [c for c in eval_set.train if c.expected.department is not None]
+    if not train:
+        raise EvalError(f"{eval_set.name}: the embedding router needs [route] examples_path or a train split")
+    texts = [email_text(c.email) for c in train]
+    return EmbeddingRouter(texts, [str(c.expected.department) for c in train], vectors.embedder,
+                           settings.route.neighbours, vectors=vectors.encode(texts))
+
+
 def gold_hits(case: EvalCase, passages: Sequence[Passage], level: str) -> tuple[Hit, ...]:
     """The relevant passages as hits, best grade first (for ceiling runs that feed gold retrieval to drafting)."""
     by_passage = {p.passage_id: p for p in passages}
@@ -201,9 +222,15 @@ def run_eval(
                         "or another --out")
     out.mkdir(parents=True, exist_ok=True)
     run_info = _run_info(eval_set, options, settings, cases, labels, level, out, resume=bool(done))
-    pipeline = Pipeline.from_config(settings=settings, llm=llm, embedder=embedder,
+    embedder = embedder or Embedder(settings.embedding)
+    vectors = EmbeddingCache(embedder, cache / "embeddings")
+    router = train_router(eval_set, settings, vectors)
+    pool = None
+    if settings.route.few_shot and not settings.route.examples_path:
+        pool = [(email_text(c.email), str(c.expected.department)) for c in eval_set.train
+                if c.expected.department is not None]
+    pipeline = Pipeline.from_config(settings=settings, llm=llm, embedder=embedder, router=router, few_shot_pool=pool,
                                     run_id=f"eval:{out.name}:{int(time.time())}")
-    vectors = EmbeddingCache(pipeline.embedder, cache / "embeddings")
     todo = [c for c in cases if c.id not in done]
     baselines, baseline_source = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
     passages = pipeline.index.passages if "hits" in options.gold else ()  # type: ignore[attr-defined]

@@ -22,9 +22,10 @@ def prepare(
     email: Email, department: str, hits: Sequence[Hit], prompt: Prompt, settings: Settings, policy: Policy,
     budget: Budget,
 ) -> Call:
+    shown = tuple(hits) if settings.draft.include_passages else ()
     values = {
         "department": department,
-        "passages": format_passages(hits),
+        "passages": format_passages(shown),
         "subject": email.subject,
         "body": email.body[: settings.input.max_prompt_chars],
     }
@@ -34,7 +35,7 @@ def prepare(
         messages=list(prompt.render(values)),
         schema=prompt.schema(values),
         context=ValidationContext(
-            known_product_ids=tuple(dict.fromkeys(h.product_id for h in hits)),
+            known_product_ids=tuple(dict.fromkeys(h.product_id for h in shown)),
             prompt_texts=prompt.instruction_text,
         ),
         policy=policy,

@@ -55,6 +55,39 @@ def _snippet(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
+def load_examples(path: str | Path, departments: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(text, department) pairs from JSONL lines {"text": ..., "department": ...} (blank lines are skipped).
+
+    With `departments`, every example's department must be one of them. Raises ConfigError (key
+    "route.examples_path") for a missing file, a malformed line, an unknown department or no examples.
+    """
+    key = "route.examples_path"
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read router examples {path}: {exc.strerror or exc}", key=key) from None
+    texts: list[str] = []
+    labels: list[str] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: invalid JSON: {exc.msg}", key=key) from None
+        if not (isinstance(item, dict) and isinstance(item.get("text"), str)
+                and isinstance(item.get("department"), str)):
+            raise ConfigError(f'{path}:{number}: expected {{"text": str, "department": str}}', key=key)
+        if departments is not None and item["department"] not in departments:
+            raise ConfigError(f"{path}:{number}: unknown department {item['department']!r}; "
+                              f"configured: {', '.join(departments)}", key=key)
+        texts.append(item["text"])
+        labels.append(item["department"])
+    if not texts:
+        raise ConfigError(f"{path}: no router examples", key=key)
+    return list(zip(texts, labels, strict=True))
+
+
 class EmbeddingRouter:
     """k-nearest-neighbour router over labelled example texts.
 
@@ -96,31 +129,8 @@ class EmbeddingRouter:
         With `departments`, every example's department must be one of them. Raises ConfigError (key
         "route.examples_path") for a missing file, a malformed line, an unknown department or no examples.
         """
-        key = "route.examples_path"
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"cannot read router examples {path}: {exc.strerror or exc}", key=key) from None
-        texts: list[str] = []
-        labels: list[str] = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: invalid JSON: {exc.msg}", key=key) from None
-            if not (isinstance(item, dict) and isinstance(item.get("text"), str)
-                    and isinstance(item.get("department"), str)):
-                raise ConfigError(f'{path}:{number}: expected {{"text": str, "department": str}}', key=key)
-            if departments is not None and item["department"] not in departments:
-                raise ConfigError(f"{path}:{number}: unknown department {item['department']!r}; "
-                                  f"configured: {', '.join(departments)}", key=key)
-            texts.append(item["text"])
-            labels.append(item["department"])
-        if not texts:
-            raise ConfigError(f"{path}: no router examples", key=key)
-        return cls(texts, labels, embedder, k)
+        pairs = load_examples(path, departments)
+        return cls([t for t, _ in pairs], [label for _, label in pairs], embedder, k)
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder: EmbedderLike) -> EmbeddingRouter:

@@ -1,0 +1,44 @@
+"""`diagnose` on a real run directory: ceiling, attribution, ablations, curves, and no new model calls twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fakes import HashEmbedder, sensible
+from fakeserver import FakeServer
+from mailcascade.eval.diagnose.run import diagnose_run, format_diagnosis
+from mailcascade.eval.evalset import load_eval_set
+from mailcascade.eval.runner import EvalOptions, run_eval
+from test_eval_runner import SAMPLE, settings_for
+
+
+def test_diagnose_fills_the_ceiling_and_makes_no_new_calls_the_second_time(tmp_path: Path) -> None:
+    with FakeServer(sensible) as server:
+        settings = settings_for(server, tmp_path)
+        run = run_eval(load_eval_set(SAMPLE), tmp_path / "run", EvalOptions(progress=False, limit=12),
+                       settings=settings, embedder=HashEmbedder(), cache_dir=tmp_path / "cache")
+        calls_after_run = len(server.chat_requests)
+        kwargs = {"embedder": HashEmbedder(), "cache_dir": tmp_path / "cache", "ablation_limit": 6}
+        diagnosis = diagnose_run(run, **kwargs)
+        calls_after_first = len(server.chat_requests)
+        again = diagnose_run(run, **kwargs)
+        calls_after_second = len(server.chat_requests)
+    assert calls_after_first > calls_after_run  # gold-input and ablation re-runs asked the model
+    assert calls_after_second == calls_after_first  # ... and the second diagnose reused every answer
+    assert again["ceiling"] == diagnosis["ceiling"]
+    stages = {row["stage"] for row in diagnosis["ceiling"]}
+    assert {"route", "retrieve", "draft", "end-to-end"} <= stages
+    draft_rows = [r for r in diagnosis["ceiling"] if r["stage"] == "draft"]
+    assert all("predicted" in r and "gold" in r for r in draft_rows)
+    parts = {row["part"] for row in diagnosis["ablations"]}
+    assert {"department descriptions", "retrieved context", "retrieval.one_hit_per_product"} <= parts
+    attributed = sum(v["n"] for v in diagnosis["attribution"].values())
+    records = [json.loads(line) for line in (run / "cases.jsonl").read_text().splitlines()]
+    failing = [r for r in records if r["scores"]["route_correct"] is False]
+    assert attributed >= len(failing) and set(diagnosis["attribution"].get("route", {}).get("cases", [])) == {
+        r["id"] for r in failing}
+    stored = json.loads((run / "metrics.json").read_text())["diagnosis"]
+    assert stored["ceiling"] == diagnosis["ceiling"]
+    assert "Ceiling analysis" in (run / "report.html").read_text()
+    assert "ceiling" in format_diagnosis(diagnosis)
