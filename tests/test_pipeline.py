@@ -34,7 +34,7 @@ def make_pipeline(server: FakeServer, tmp_path: Path, index, **validation: objec
     settings = settings.replace(
         llm=LLMSettings(base_url=server.base_url, model="fake-model", max_retries=2, backoff_initial_s=0.01,
                         backoff_max_s=0.02, timeout_s=5),
-        store=settings.store.__class__(path=str(tmp_path / "log.db"), cache_llm=False),
+        store=settings.store.__class__(path=str(tmp_path / "log.db"), cache=False),
     )
     if validation:
         settings = settings.replace(validation=settings.validation.__class__(**validation))  # type: ignore[arg-type]

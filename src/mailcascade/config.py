@@ -121,7 +121,7 @@ class InputSettings:
 class StoreSettings:
     path: str = ".mailcascade/mailcascade.db"
     store_email_bodies: bool = False
-    cache_llm: bool = True
+    cache: bool = True  # persistent cache of model answers and retrieval results (re-runs reuse them)
 
 
 @dataclass(frozen=True)

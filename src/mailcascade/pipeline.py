@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mailcascade.catalog import Embedder, EmbedderLike, open_index
+from mailcascade.catalog.cached import CachedSearcher
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import EmailParseError, MailcascadeError
 from mailcascade.llm import LocalServer, OpenAIClient, local_server_if_needed
@@ -86,7 +87,7 @@ class Pipeline:
         settings = settings or load_settings(path)
         store = Store(settings.store.path)
         base: LLM = llm or OpenAIClient(settings.llm)
-        if settings.store.cache_llm:
+        if settings.store.cache:
             base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
         embedder = embedder or Embedder(settings.embedding)
         if router is None and settings.route.strategy == "embedding":
@@ -128,7 +129,9 @@ class Pipeline:
         embedder = self.embedder
         with self._lock:
             if self._index is None:
-                self._index = open_index(self.settings, embedder)
+                index = open_index(self.settings, embedder)
+                use_cache = self.store is not None and self.settings.store.cache
+                self._index = CachedSearcher(index, self.store) if use_cache and self.store else index
             return self._index
 
     # one email ----------------------------------------------------------

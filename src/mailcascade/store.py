@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mailcascade.types import ChatResponse, StageRecord
+from mailcascade.types import ChatResponse, Hit, StageRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -31,6 +31,9 @@ CREATE INDEX IF NOT EXISTS verdicts_stage ON verdicts(stage, prompt_hash, model)
 CREATE TABLE IF NOT EXISTS llm_cache (
   key TEXT PRIMARY KEY, response TEXT, created REAL, hits INTEGER DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS search_cache (
+  key TEXT PRIMARY KEY, hits TEXT, created REAL
+);
 """
 
 
@@ -45,6 +48,7 @@ class Store:
         with self._lock, self._conn:
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")  # durable against a crash; a power cut may drop the last
             self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -122,6 +126,19 @@ class Store:
             row["schema"] = json.loads(row["schema"]) if row["schema"] else None
             row["context"] = json.loads(row["context"]) if row["context"] else None
             yield row
+
+    # search cache: retrieval results by index and query ----------------
+    def search_get(self, key: str) -> list[Hit] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT hits FROM search_cache WHERE key=?", (key,)).fetchone()
+        return None if row is None else [Hit(**h) for h in json.loads(row["hits"])]
+
+    def search_put(self, key: str, hits: Sequence[Hit]) -> None:
+        data = json.dumps([{"product_id": h.product_id, "passage_id": h.passage_id, "score": h.score,
+                            "text": h.text} for h in hits])
+        with self._lock, self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO search_cache(key, hits, created) VALUES (?,?,?)",
+                               (key, data, time.time()))
 
     # LLM response cache -----------------------------------------------
     def cache_get(self, key: str) -> ChatResponse | None:
