@@ -25,7 +25,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fakes import sensible  # noqa: E402
 from fakeserver import FakeServer  # noqa: E402
-
 from mailcascade.catalog import Embedder  # noqa: E402
 from mailcascade.config import EmbeddingSettings, LLMSettings, Settings, StoreSettings  # noqa: E402
 from mailcascade.eval.evalset import load_eval_set  # noqa: E402

@@ -48,7 +48,8 @@ class Store:
         with self._lock, self._conn:
             if self.path != ":memory:":
                 self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.execute("PRAGMA synchronous=NORMAL")  # durable against a crash; a power cut may drop the last
+                # durable against a process crash; a power cut may drop the last commits
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
