@@ -212,3 +212,16 @@ def test_real_minilm_router(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [d.department for d in decisions] == ["orders", "billing", "account"]
     assert all(0.0 < d.confidence <= 1.0 for d in decisions)
     assert router.vectors.shape == (len(EXAMPLES), embedder.dim)
+
+
+def test_router_sends_unlike_emails_out_of_scope_with_a_threshold_set_from_its_examples() -> None:
+    texts = ["cancel my order", "cancel the order please", "where is my refund", "refund not received yet",
+             "reset my password", "password reset link broken"]
+    labels = ["orders", "orders", "returns", "returns", "account", "account"]
+    router = EmbeddingRouter(texts, labels, HashEncoder(), k=1, oos_quantile=0.5)
+    assert router.min_similarity is not None and 0 < router.min_similarity <= 1
+    assert router.predict(["cancel my order"])[0].department == "orders"
+    far = router.predict(["zebra saxophone volcano"])[0]
+    assert far.department == "out_of_scope" and "threshold" in far.reason
+    assert EmbeddingRouter(texts, labels, HashEncoder(), k=1).predict(["zebra saxophone volcano"])[0].department \
+        != "out_of_scope"

@@ -95,6 +95,9 @@ class RouteSettings:
     neighbours: int = 5
     describe_departments: bool = True  # the route prompt lists each department's description, not just its name
     few_shot: int = 0  # labelled examples shown in the route prompt (from examples_path, or an eval train split)
+    # embedding router: out_of_scope when the nearest example is less similar than this quantile of the examples'
+    # own nearest-neighbour similarities (0: never; 0.1: as unusual as the 10% least typical examples)
+    oos_quantile: float = 0.0
 
 
 @dataclass(frozen=True)

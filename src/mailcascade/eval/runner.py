@@ -13,6 +13,7 @@ re-called; embeddings of eval texts are cached on disk too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -167,7 +168,8 @@ def train_router(eval_set: EvalSet, settings: Settings, vectors: EmbeddingCache)
         raise EvalError(f"{eval_set.name}: the embedding router needs [route] examples_path or a train split")
     texts = [email_text(c.email) for c in train]
     return EmbeddingRouter(texts, [str(c.expected.department) for c in train], vectors.embedder,
-                           settings.route.neighbours, vectors=vectors.encode(texts))
+                           settings.route.neighbours, vectors=vectors.encode(texts),
+                           oos_quantile=settings.route.oos_quantile)
 
 
 def gold_hits(case: EvalCase, passages: Sequence[Passage], level: str) -> tuple[Hit, ...]:
@@ -237,7 +239,10 @@ def run_eval(
     by_id = {c.id: c for c in todo}
     passage_products = {p.passage_id: p.product_id for p in eval_set.passages or ()}
     started = time.time()
-    with records_path.open("a", encoding="utf-8") as sink, pipeline, \
+    needs_model = bool(todo) and ("draft" in options.stages or ("route" in options.stages and router is None))
+    if needs_model:
+        pipeline.start()  # the embedded model server, if the settings point at it and nothing answers there
+    with records_path.open("a", encoding="utf-8") as sink, contextlib.closing(pipeline), \
             Progress(len(todo), "cases", enabled=options.progress) as progress:
 
         def given(email: Any) -> Given:

@@ -10,6 +10,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,14 @@ class LocalServer:
             with opener.open(f"{self.base_url}/models", timeout=timeout_s) as resp:
                 return 200 <= int(resp.status) < 300
         except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def port_in_use(self, timeout_s: float = 0.5) -> bool:
+        """True when something accepts connections on the port (a busy server may be slow to answer HTTP)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout_s):
+                return True
+        except OSError:
             return False
 
     def model_path(self) -> Path:
@@ -216,7 +225,7 @@ def local_server_if_needed(settings: Settings) -> Iterator[LocalServer | None]:
         yield None
         return
     server = LocalServer(settings.local_server, settings.llm.base_url)
-    if server.is_up():
+    if server.is_up() or server.port_in_use():  # a server is there already (maybe busy): use it
         yield None
         return
     with server:

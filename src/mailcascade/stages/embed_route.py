@@ -28,7 +28,7 @@ import numpy as np
 from mailcascade.catalog import EmbedderLike
 from mailcascade.config import Settings
 from mailcascade.errors import ConfigError
-from mailcascade.types import Email, RouteDecision, StageRecord
+from mailcascade.types import OUT_OF_SCOPE, Email, RouteDecision, StageRecord
 
 if TYPE_CHECKING:
     from mailcascade.stages.call import StageOutput
@@ -103,6 +103,7 @@ class EmbeddingRouter:
         k: int = 5,
         *,
         vectors: np.ndarray | None = None,
+        oos_quantile: float = 0.0,
     ) -> None:
         if len(texts) != len(labels):
             raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")
@@ -117,8 +118,23 @@ class EmbeddingRouter:
         raw = embedder.encode(self.texts) if vectors is None else vectors
         self.vectors = _unit_rows(raw, len(self.texts))
         # a short hash of the embedder, k and the examples: changes whenever any of them does
-        payload = json.dumps([embedder.name, k, self.texts, self.labels], ensure_ascii=False)
+        payload = json.dumps([embedder.name, k, oos_quantile, self.texts, self.labels], ensure_ascii=False)
         self.fingerprint: str = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        self.oos_quantile = oos_quantile
+        self.min_similarity = self._calibrate(oos_quantile) if oos_quantile > 0 else None
+
+    def _calibrate(self, quantile: float) -> float:
+        """The similarity below which an email is out of scope: the `quantile` of the examples' own
+        nearest-neighbour similarities (leave-one-out), so it is set from the examples, never from test data."""
+        if len(self.texts) < 2:
+            return -1.0
+        nearest = np.empty(len(self.texts), dtype=np.float32)
+        for start in range(0, len(self.texts), _QUERY_BLOCK):
+            sims = self.vectors[start:start + _QUERY_BLOCK] @ self.vectors.T
+            rows = np.arange(sims.shape[0])
+            sims[rows, rows + start] = -np.inf  # not itself
+            nearest[start:start + sims.shape[0]] = sims.max(axis=1)
+        return float(np.quantile(nearest, quantile))
 
     @classmethod
     def from_jsonl(
@@ -137,8 +153,9 @@ class EmbeddingRouter:
         """The router `[route]` configures: examples_path, neighbours, checked against the departments."""
         if not settings.route.examples_path:
             raise ConfigError('[route] strategy = "embedding" needs examples_path', key="route.examples_path")
-        return cls.from_jsonl(settings.route.examples_path, embedder, settings.route.neighbours,
-                              settings.department_names)
+        pairs = load_examples(settings.route.examples_path, settings.department_names)
+        return cls([t for t, _ in pairs], [label for _, label in pairs], embedder, settings.route.neighbours,
+                   oos_quantile=settings.route.oos_quantile)
 
     @property
     def name(self) -> str:
@@ -149,7 +166,7 @@ class EmbeddingRouter:
         """A router over some of the examples, reusing their embeddings (for learning curves)."""
         picked = list(indices)
         return EmbeddingRouter([self.texts[i] for i in picked], [self.labels[i] for i in picked], self.embedder,
-                               self.k, vectors=self.vectors[picked])
+                               self.k, vectors=self.vectors[picked], oos_quantile=self.oos_quantile)
 
     def predict(self, texts: Sequence[str]) -> list[RouteDecision]:
         """One decision per text."""
@@ -170,6 +187,12 @@ class EmbeddingRouter:
         return out
 
     def _decide(self, sims: np.ndarray) -> RouteDecision:
+        top = float(sims.max())
+        if self.min_similarity is not None and top < self.min_similarity:
+            best = int(sims.argmax())
+            return RouteDecision(department=OUT_OF_SCOPE, confidence=round(1.0 - max(top, 0.0), 6),
+                                 reason=f"k-NN: nearest example '{_snippet(self.texts[best])}' has similarity "
+                                        f"{top:.2f}, below the out-of-scope threshold {self.min_similarity:.2f}")
         k = min(self.k, sims.shape[0])
         kth = np.partition(sims, sims.shape[0] - k)[sims.shape[0] - k]  # the k-th largest similarity
         candidates = np.flatnonzero(sims >= kth)  # every example tied at the boundary too
