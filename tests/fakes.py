@@ -19,7 +19,8 @@ class HashEmbedder:
     def __init__(self, dim: int = 128, name: str = "fake-hash") -> None:
         self._dim = dim
         self._name = name
-        self.encoded = 0
+        self.encoded = 0  # texts encoded
+        self.calls = 0  # encode() calls
 
     @property
     def name(self) -> str:
@@ -36,6 +37,7 @@ class HashEmbedder:
                 bucket = int(hashlib.md5(word.encode()).hexdigest(), 16) % self._dim
                 out[row, bucket] += 1.0
         self.encoded += len(texts)
+        self.calls += 1
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1.0, norms)
 

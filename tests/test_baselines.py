@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fakes import HashEmbedder
 from mailcascade.catalog import EmbedderLike
 from mailcascade.config import RouteSettings, Settings
 from mailcascade.errors import ConfigError
@@ -19,23 +18,8 @@ from mailcascade.stages.embed_route import EmbeddingRouter, email_text, embed_ro
 from mailcascade.types import Email
 
 
-class HashEncoder:
-    """Deterministic bag-of-words vectors: each lowercased word adds 1 to a bucket chosen by its md5."""
-
-    name = "fake-word-hash"
-    dim = 256
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls += 1
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"\w+", text.lower()):
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1.0, norms)
+def HashEncoder() -> HashEmbedder:
+    return HashEmbedder(dim=256, name="fake-word-hash")
 
 
 class TableEncoder:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from fakes import HashEmbedder
 from mailcascade.catalog import (
     CatalogIndex,
     Embedder,
@@ -37,31 +36,7 @@ from mailcascade.types import Hit
 TAU_PRODUCTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau_retail" / "products.json"
 
 
-class HashEmbedder:
-    """Deterministic bag-of-words embedder: each word hashed into one of `dim` buckets. Counts encoded texts."""
 
-    def __init__(self, dim: int = 128, name: str = "fake-hash") -> None:
-        self._dim = dim
-        self._name = name
-        self.encoded = 0
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
-                bucket = int(hashlib.md5(word.encode()).hexdigest(), 16) % self._dim
-                out[row, bucket] += 1.0
-        self.encoded += len(texts)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1.0, norms)
 
 
 PRODUCTS: list[dict[str, Any]] = [

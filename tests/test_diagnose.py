@@ -3,16 +3,14 @@ and a clean set must raise none."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import re
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pytest
 
+from fakes import HashEmbedder
 from mailcascade.eval.diagnose import (
     Alarm,
     diagnose_records,
@@ -34,31 +32,8 @@ from mailcascade.eval.diagnose import (
 DEPTS = ["orders", "returns", "billing", "shipping"]
 
 
-class WordHashEmbedder:
-    """Deterministic bag-of-words embedder: each word hashed into one of `dim` buckets; counts encoded texts."""
-
-    def __init__(self, dim: int = 1024) -> None:
-        self._dim = dim
-        self.encoded = 0
-        self.calls = 0
-
-    @property
-    def name(self) -> str:
-        return "fake-word-hash"
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self._dim] += 1.0
-        self.encoded += len(texts)
-        self.calls += 1
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms == 0, 1.0, norms)
+def WordHashEmbedder(dim: int = 1024) -> HashEmbedder:
+    return HashEmbedder(dim=dim, name="fake-word-hash")
 
 
 def stage(status: str = "ok", *, codes: Sequence[str] = (), prompt_hash: str = "p1", model: str = "m1",
