@@ -42,3 +42,32 @@ def test_diagnose_fills_the_ceiling_and_makes_no_new_calls_the_second_time(tmp_p
     assert stored["ceiling"] == diagnosis["ceiling"]
     assert "Ceiling analysis" in (run / "report.html").read_text()
     assert "ceiling" in format_diagnosis(diagnosis)
+
+
+def test_few_shot_curve_and_a_planted_leak_in_the_router_examples(tmp_path: Path) -> None:
+    import dataclasses
+
+    from mailcascade.eval.cases import load_cases
+    from mailcascade.stages.embed_route import email_text
+
+    cases = load_cases(SAMPLE)
+    leaked = cases[:3]
+    examples = tmp_path / "examples.jsonl"
+    rows = [{"text": email_text(c.email), "department": c.expected.department} for c in leaked]
+    rows += [{"text": "Please cancel my order, I changed my mind", "department": "orders"},
+             {"text": "My invoice shows the wrong VAT number", "department": "billing"}]
+    examples.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with FakeServer(sensible) as server:
+        settings = settings_for(server, tmp_path)
+        settings = settings.replace(route=dataclasses.replace(settings.route, examples_path=str(examples)))
+        run = run_eval(load_eval_set(SAMPLE), tmp_path / "run", EvalOptions(progress=False, limit=8,
+                                                                            stages=("route",)),
+                       settings=settings, embedder=HashEmbedder(), cache_dir=tmp_path / "cache")
+        diagnosis = diagnose_run(run, embedder=HashEmbedder(), cache_dir=tmp_path / "cache", ablation_limit=8)
+        prompts = [r.body["messages"][0]["content"] for r in server.chat_requests]
+    curve = next(c for c in diagnosis["learning_curves"] if "few-shot" in c["name"])
+    assert [p["x"] for p in curve["points"]] == [0, 2, 4, 8]
+    assert any("Examples:" in p for p in prompts) and any("Examples:" not in p for p in prompts)
+    leak = next(a for a in diagnosis["alarms"] if a["name"] == "exact_duplicates")
+    assert set(leak["cases"]) == {c.id for c in leaked}
+    assert {"department descriptions", "few-shot block"} <= {row["part"] for row in diagnosis["ablations"]}

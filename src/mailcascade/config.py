@@ -53,6 +53,8 @@ class LLMSettings:
     max_retries: int = 4  # HTTP-level retries on timeouts, connection errors, 429, 5xx
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 20.0
+    usd_per_mtok_in: float = 0.0  # price per million input tokens, for cost per case in eval reports
+    usd_per_mtok_out: float = 0.0
 
 
 @dataclass(frozen=True)

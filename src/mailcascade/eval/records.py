@@ -92,8 +92,14 @@ def case_scores(record: Record, *, level: str, labels: Sequence[str]) -> dict[st
     return scores
 
 
-def compute_metrics(records: Sequence[Record], *, labels: Sequence[str], level: str, seed: int = 0) -> dict[str, Any]:
-    """Every headline number, from the records only (deterministic for a given seed)."""
+def compute_metrics(
+    records: Sequence[Record], *, labels: Sequence[str], level: str, seed: int = 0,
+    prices: tuple[float, float] = (0.0, 0.0),
+) -> dict[str, Any]:
+    """Every headline number, from the records only (deterministic for a given seed).
+
+    `prices` are USD per million input and output tokens (the run's `llm.usd_per_mtok_in/out`).
+    """
     out: dict[str, Any] = {"n_cases": len(records), "n_failed": sum(r["status"] == "failed" for r in records)}
     routed = [r for r in records if _ran(r, "route") and r["expected"]["department"] is not None]
     if routed:
@@ -139,7 +145,7 @@ def compute_metrics(records: Sequence[Record], *, labels: Sequence[str], level: 
         drafting["rouge_l_ci"] = list(bootstrap_ci(rouge, seed=seed)) if rouge else None
         out["drafting"] = drafting
     out["validator"] = validator_funnel(records)
-    out["cost"] = cost(records)
+    out["cost"] = cost(records, prices)
     return out
 
 
@@ -173,13 +179,15 @@ def validator_funnel(records: Sequence[Record]) -> dict[str, Any]:
     return out
 
 
-def cost(records: Sequence[Record]) -> dict[str, Any]:
+def cost(records: Sequence[Record], prices: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     per_stage: dict[str, dict[str, list[float]]] = {}
     per_case_tokens: list[float] = []
+    per_case_usd: list[float] = []
     calls = Counter[str]()
     cached = Counter[str]()
     for r in records:
         total = 0
+        usd = 0.0
         for s in r["stages"]:
             if s["status"] not in ("ok", "failed"):
                 continue
@@ -187,12 +195,16 @@ def cost(records: Sequence[Record]) -> dict[str, Any]:
             row["latency_ms"].append(s["latency_ms"])
             row["tokens"].append(s["tokens_in"] + s["tokens_out"])
             total += s["tokens_in"] + s["tokens_out"]
+            usd += (s["tokens_in"] * prices[0] + s["tokens_out"] * prices[1]) / 1e6
             for a in s.get("attempt_log") or []:
                 calls[s["stage"]] += 1
                 cached[s["stage"]] += int(a["cached"])
         per_case_tokens.append(total)
+        per_case_usd.append(usd)
     return {
         "tokens_per_case": {"mean": mean_or_none(per_case_tokens), **percentiles(per_case_tokens)},
+        "usd_per_case": {"mean": mean_or_none(per_case_usd), "total": round(sum(per_case_usd), 6),
+                         "prices_usd_per_mtok": list(prices)},
         "stages": {
             name: {"latency_ms": percentiles(v["latency_ms"]), "tokens_mean": mean_or_none(v["tokens"]),
                    "llm_calls": calls[name], "llm_calls_cached": cached[name]}

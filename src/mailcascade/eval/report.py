@@ -67,7 +67,10 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[s
         metrics = read_json(run_dir / "metrics.json")
     else:
         seed = int((info.get("options") or {}).get("seed", 0))
+        llm = (info.get("settings") or {}).get("llm") or {}
+        prices = (float(llm.get("usd_per_mtok_in", 0.0)), float(llm.get("usd_per_mtok_out", 0.0)))
         metrics = compute_metrics(records, labels=info.get("labels", []), level=info.get("relevance_level", "product"),
+                                  prices=prices,
                                   seed=seed)
     if not isinstance(info, dict) or not isinstance(metrics, dict):
         raise EvalError(f"{run_dir}: run.json and metrics.json must hold JSON objects")
@@ -249,6 +252,12 @@ def cost_section(cost: Mapping[str, Any], info: Mapping[str, Any]) -> str:
         rows.append([name, *(num(lat.get(k), 1) for k in ("p50", "p90", "p95", "p99")), num(s["tokens_mean"], 1),
                      s["llm_calls"], s["llm_calls_cached"]])
     body += table(["stage", "latency p50 ms", "p90", "p95", "p99", "tokens mean", "LLM calls", "from cache"], rows)
+    usd = cost.get("usd_per_case") or {}
+    if any(usd.get("prices_usd_per_mtok") or ()):
+        body += note(f"Cost: {num(usd.get('mean'), 6)} USD per case, {num(usd.get('total'), 4)} USD in all "
+                     f"(prices per million tokens in/out: {usd['prices_usd_per_mtok']}).")
+    else:
+        body += note("Cost in USD: set llm.usd_per_mtok_in and llm.usd_per_mtok_out to see it.")
     cache = info.get("cache")
     if cache:
         body += note(f"LLM cache in this run: {cache.get('hits')} hits, {cache.get('misses')} misses.")
@@ -418,8 +427,10 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     cost = metrics.get("cost") or {}
     if cost:
         tok = cost["tokens_per_case"]
+        usd = cost.get("usd_per_case") or {}
         lines += ["", f"tokens per case: mean {num(tok.get('mean'), 1)}, p50 {num(tok.get('p50'), 1)}, "
-                      f"p95 {num(tok.get('p95'), 1)}"]
+                      f"p95 {num(tok.get('p95'), 1)}"
+                  + (f"; USD per case: {num(usd.get('mean'), 6)}" if any(usd.get("prices_usd_per_mtok") or ()) else "")]
         head = f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'tokens':>10}{'calls':>8}{'cached':>8}"
         lines += [head, "-" * len(head)]
         for stage, s in cost["stages"].items():

@@ -264,7 +264,8 @@ def run_eval(
     records = read_records(records_path)
     order = {c.id: i for i, c in enumerate(cases)}
     records.sort(key=lambda r: order.get(r["id"], len(order)))
-    metrics = compute_metrics(records, labels=labels, level=level, seed=options.seed)
+    metrics = compute_metrics(records, labels=labels, level=level, seed=options.seed,
+                              prices=(settings.llm.usd_per_mtok_in, settings.llm.usd_per_mtok_out))
     stats = pipeline.llm.stats if isinstance(pipeline.llm, CachedLLM) else None
     run_info.update({
         "status": "done", "finished": time.time(), "seconds": round(time.time() - started, 3),

@@ -265,6 +265,12 @@ class Diagnoser:
             curves.append({"name": "embedding router: accuracy vs router examples", "x_label": "router examples",
                            "y_label": "accuracy", "points": points})
             alarms += learning_curve(points, name="embedding router", what="router examples")
+        if "route" in self.stages and self.settings.route.strategy == "llm" and (
+                train or self.settings.route.examples_path):
+            points = self._few_shot_curve()
+            curves.append({"name": "LLM router: accuracy vs few-shot examples", "x_label": "few-shot examples",
+                           "y_label": "accuracy", "points": points})
+            alarms += learning_curve(points, name="few-shot examples", what="few-shot examples in the route prompt")
         if "retrieve" in self.stages:
             points = self._catalog_curve()
             if points:
@@ -272,6 +278,20 @@ class Diagnoser:
                                "y_label": "hit rate@5", "points": points})
                 alarms += learning_curve(points, name="catalogue size", what="catalogue passages")
         return curves, alarms
+
+    def _few_shot_curve(self, sizes: Sequence[int] = (0, 2, 4, 8)) -> list[dict[str, Any]]:
+        """Route accuracy with n few-shot examples in the prompt, on the ablation cases (model calls, cached)."""
+        ids = [r["id"] for r in self.records][: self.ablation_limit]
+        names = {0: "route-without-few-shot", 8: "route-with-few-shot"}  # the same runs as the ablation
+        points = []
+        for n in sizes:
+            records = self.rerun(Variant(names.get(n, f"route-few-shot-{n}"), ("route",), (), _route_set(few_shot=n)),
+                                 ids)
+            correct = [v for v in (_route(r) for r in records) if v is not None]
+            if correct:
+                points.append({"x": n, "y": sum(correct) / len(correct), "ci": list(bootstrap_ci(correct, seed=0)),
+                               "n_test": len(correct)})
+        return points
 
     def _catalog_curve(self, fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0)) -> list[dict[str, Any]]:
         """Hit rate@5 when only a random part of the catalogue is indexed (exact search over cached vectors)."""
