@@ -160,8 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     items = list(read_inputs(args.inputs, max_bytes=settings.input.max_email_bytes))
     if not items:
         raise MailcascadeError("no inputs found")
-    with _open_out(args.out) as out, Pipeline.from_config(settings=settings) as pipeline, \
-            Progress(len(items), "emails", enabled=not args.no_progress) as progress:
+    pipeline = Pipeline.from_config(settings=settings)
+    _ = pipeline.index  # a missing or stale index is a configuration error: say so once, before any email
+    with _open_out(args.out) as out, pipeline, Progress(len(items), "emails", enabled=not args.no_progress) as progress:
         writer = OrderedWriter(out)
 
         def done(position: int, result: object) -> None:
