@@ -104,8 +104,9 @@ def test_run_writes_one_record_per_input_and_the_failure_log_explains_them(run_d
     assert report.returncode == 0, report.stderr
     assert "funnel per stage" in report.stdout and "prefix_text" in report.stdout
     stats = json.loads(cli("failures", "--json", cwd=run_dir).stdout)
-    assert stats["funnel"]["route"]["calls"] == len(ok)
-    assert stats["funnel"]["route"]["repaired_first"] >= 1
+    route = [row for row in stats["funnel"].values() if row["stage"] == "route"]
+    assert len(route) == 1 and route[0]["model"] == "smollm2-135m-instruct" and len(route[0]["prompt_hash"]) == 12
+    assert route[0]["calls"] == len(ok) and route[0]["repaired_first"] >= 1
     examples = cli("failures", "--examples", "suffix_text", cwd=run_dir).stdout
     assert "Thanks!" in examples
     replay = cli("failures", "replay", cwd=run_dir)

@@ -25,11 +25,15 @@ def _calls(rows: Iterable[Row]) -> dict[tuple[str, str, str], list[Row]]:
 
 
 def funnel(rows: Iterable[Row]) -> dict[str, dict[str, Any]]:
-    """Per stage: clean on the first attempt, repaired, rescued by a re-ask at attempt n, failed."""
+    """Per stage, prompt hash and model ("route c9bd71270973 smollm2"): clean on the first attempt, repaired,
+    lossy, rescued by a re-ask at attempt n, failed; and the tokens spent."""
     out: dict[str, dict[str, Any]] = {}
     for (_, _, stage), attempts in _calls(rows).items():
-        row = out.setdefault(stage, {"calls": 0, "clean_first": 0, "repaired_first": 0, "lossy_first": 0,
-                                     "rescued_at": Counter(), "failed": 0, "tokens": 0})
+        first = attempts[0]
+        key = f"{stage} {first['prompt_hash']} {first['model']}"
+        row = out.setdefault(key, {"stage": stage, "prompt_hash": first["prompt_hash"], "model": first["model"],
+                                   "calls": 0, "clean_first": 0, "repaired_first": 0, "lossy_first": 0,
+                                   "rescued_at": Counter(), "failed": 0, "tokens": 0})
         row["calls"] += 1
         row["tokens"] += sum(a["tokens_in"] + a["tokens_out"] for a in attempts)
         accepted = [a for a in attempts if a["action"] == "accept"]
@@ -121,14 +125,14 @@ def load_rows(store: Store, run_id: str | None = None, stage: str | None = None)
 
 
 def format_report(rows: list[dict[str, Any]]) -> str:
-    lines = ["funnel per stage (stage calls)"]
-    header = f"{'stage':<10}{'calls':>7}{'clean@1':>9}{'repaired@1':>12}{'lossy@1':>9}  {'rescued by re-ask':<22}" \
-             f"{'failed':>7}{'tokens':>9}"
+    lines = ["funnel per stage, prompt and model (stage calls)"]
+    header = f"{'stage':<8}{'prompt':<14}{'model':<24}{'calls':>6}{'clean@1':>9}{'repaired@1':>12}{'lossy@1':>9}" \
+             f"  {'rescued by re-ask':<19}{'failed':>7}{'tokens':>9}"
     lines += [header, "-" * len(header)]
-    for stage, f in funnel(rows).items():
+    for f in funnel(rows).values():
         rescued = ", ".join(f"@{k}: {v}" for k, v in f["rescued_at"].items()) or "-"
-        lines.append(f"{stage:<10}{f['calls']:>7}{f['clean_first']:>9}{f['repaired_first']:>12}{f['lossy_first']:>9}"
-                     f"  {rescued:<22}{f['failed']:>7}{f['tokens']:>9}")
+        lines.append(f"{f['stage']:<8}{f['prompt_hash']:<14}{f['model'][:23]:<24}{f['calls']:>6}{f['clean_first']:>9}"
+                     f"{f['repaired_first']:>12}{f['lossy_first']:>9}  {rescued:<19}{f['failed']:>7}{f['tokens']:>9}")
     lines += ["", "failure codes per stage, prompt and model"]
     header = f"{'stage':<8}{'prompt':<14}{'model':<24}{'code':<22}{'outputs':>8}{'tokens':>8}{'follow-up':>10}  actions"
     lines += [header, "-" * len(header)]
