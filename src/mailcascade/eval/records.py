@@ -143,6 +143,11 @@ def compute_metrics(
         rouge = [r["scores"]["draft"]["rouge_l"] for r in drafted
                  if r["scores"]["draft"] and r["scores"]["draft"].get("rouge_l") is not None]
         drafting["rouge_l_ci"] = list(bootstrap_ci(rouge, seed=seed)) if rouge else None
+        # groundedness is measured on accepted drafts, after the validator dropped ids that were not retrieved;
+        # this is how often the model cited such an id in the first place
+        cited_unretrieved = [any("unknown_product_id" in s["failure_codes"]
+                                 for s in r["stages"] if s["stage"] == "draft") for r in drafted]
+        drafting["cited_unretrieved_share"] = sum(cited_unretrieved) / len(drafted)
         out["drafting"] = drafting
     out["validator"] = validator_funnel(records)
     out["cost"] = cost(records, prices)

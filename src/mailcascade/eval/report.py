@@ -154,6 +154,7 @@ def headline_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]
     if drafting:
         add("draft valid share", drafting.get("valid_share"))
         add("draft grounded in retrieved", drafting.get("grounded_in_retrieved"))
+        add("draft cited an unretrieved id", drafting.get("cited_unretrieved_share"))
         add("draft ROUGE-L", drafting.get("rouge_l"), drafting.get("rouge_l_ci"))
         add("draft embedding similarity", drafting.get("embed_sim"))
     return names, rows
@@ -217,7 +218,9 @@ def retrieval_section(retrieval: Mapping[str, Any]) -> str:
 def drafting_section(d: Mapping[str, Any]) -> str:
     rows = [
         ["valid share", d.get("valid_share"), f"{d.get('n')} drafts"],
-        ["grounded in retrieved", d.get("grounded_in_retrieved"), f"{d.get('n_citing')} citing"],
+        ["grounded in retrieved", d.get("grounded_in_retrieved"), f"{d.get('n_citing')} citing, after the validator "
+         "dropped unretrieved ids"],
+        ["cited an unretrieved id", d.get("cited_unretrieved_share"), "share of drafts, before that repair"],
         ["grounded in relevant", d.get("grounded_in_relevant"), f"{d.get('n_citing_with_relevant')} citing"],
         ["ROUGE-L", d.get("rouge_l"), f"{d.get('n_with_reference')} with reference, CI {ci_text(d.get('rouge_l_ci'))}"],
         ["embedding similarity", d.get("embed_sim"), f"{d.get('n_embed_sim')} with reference"],
