@@ -170,7 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.advance(failed=getattr(result, "status", "") == "failed")
 
         results = pipeline.run_many(items, concurrency=args.concurrency, on_result=done)
-    print(format_summary(summarize(results)), file=sys.stderr)
+    summary = summarize(results)
+    pipeline.finish_run(summary)
+    print(format_summary(summary), file=sys.stderr)
     print(f"\nwrote {len(results)} records to {args.out}; failure log: {settings.store.path} "
           f"(run {pipeline.run_id})", file=sys.stderr)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ class Pipeline:
         self._index = index
         self._lock = threading.Lock()
         self._server: contextlib.ExitStack | None = None
-        self.run_id = run_id or (store.start_run("pipeline", settings.to_dict()) if store else "")
+        self.run_id = store.start_run("pipeline", settings.to_dict(), run_id) if store else (run_id or "")
 
     @classmethod
     def from_config(
@@ -111,6 +111,11 @@ class Pipeline:
             self._server = contextlib.ExitStack()
             return self._server.enter_context(local_server_if_needed(self.settings))
         return None
+
+    def finish_run(self, summary: Mapping[str, Any]) -> None:
+        """Record in the store that this run ended, with a summary (counts, cache statistics)."""
+        if self.store is not None:
+            self.store.finish_run(self.run_id, summary)
 
     def close(self) -> None:
         if self._server is not None:

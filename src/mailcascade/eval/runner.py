@@ -274,6 +274,7 @@ def run_eval(
     })
     _write_json(out / "run.json", run_info)
     _write_json(out / "metrics.json", metrics)
+    pipeline.finish_run({"eval": str(out), "cases": len(records), "cache": run_info["cache"]})
     write_report(out)
     return out
 
