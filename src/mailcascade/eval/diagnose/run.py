@@ -185,17 +185,20 @@ class Diagnoser:
                          if gold_dept is not base else None})
         if "draft" in self.stages and "retrieve" in self.stages and self.level in ("passage", "product"):
             gold_hits = self.rerun(Variant("gold-hits", ("draft",), ("department", "hits")))
-            for key in ("rouge_l", "grounded_in_relevant"):
-                rows.append({"stage": "draft", "metric": key,
-                             "predicted": _mean([_draft(key)(r) for r in base]),
-                             "gold": _mean([_draft(key)(r) for r in gold_hits])})
             e2e_dept = _mean([e2e_ok(r) for r in gold_dept])
             e2e_hits = _mean([e2e_ok(r) for r in gold_hits])
             for row in rows:
                 if row["stage"] == "retrieve":
                     row["gain_if_perfect"] = _gain(e2e_hits, e2e_dept)
+            # drafting's "gold" is its metric when fed gold department and gold passages
+            for key in ("valid", "rouge_l", "grounded_in_relevant"):
+                predicted = _mean([_draft(key)(r) for r in base])
+                gold = _mean([_draft(key)(r) for r in gold_hits])
+                if predicted is not None or gold is not None:
+                    rows.append({"stage": "draft", "metric": f"{key} (gold: with gold upstream)",
+                                 "predicted": predicted, "gold": gold, "gain_if_perfect": _gain(1.0, e2e_hits)})
             rows.append({"stage": "end-to-end", "metric": "share of cases with no stage wrong",
-                         "predicted": e2e_pred, "gold": 1.0, "gain_if_perfect": _gain(1.0, e2e_hits)})
+                         "predicted": e2e_pred, "gold": 1.0})
         else:
             rows.append({"stage": "end-to-end", "metric": "share of cases with no stage wrong",
                          "predicted": e2e_pred, "gold": 1.0})
@@ -427,17 +430,17 @@ def format_diagnosis(diagnosis: Mapping[str, Any]) -> str:
             lines.append(f"      cases: {cases}")
     if not diagnosis["alarms"]:
         lines.append("  none")
-    header = f"{'ceiling':<12}{'metric':<36}{'predicted':>10}{'gold':>8}{'gold upstream':>15}{'gain if perfect':>17}"
+    header = f"{'ceiling':<12}{'metric':<40}{'predicted':>10}{'gold':>8}{'gold upstream':>15}{'gain if perfect':>17}"
     lines += ["", header]
     for row in diagnosis["ceiling"]:
-        lines.append(f"{row['stage']:<12}{row['metric']:<36}{_num(row.get('predicted')):>10}{_num(row.get('gold')):>8}"
+        lines.append(f"{row['stage']:<12}{row['metric']:<40}{_num(row.get('predicted')):>10}{_num(row.get('gold')):>8}"
                      f"{_num(row.get('with_gold_upstream')):>15}{_num(row.get('gain_if_perfect')):>17}")
     attribution = diagnosis["attribution"]
     lines += ["", "first failing stage: " + (", ".join(f"{k}={v['n']}" for k, v in attribution.items()) or "none")]
     if diagnosis["ablations"]:
-        lines += ["", f"{'ablation':<32}{'metric':<28}{'n':>5}{'with':>8}{'without':>9}{'delta':>8}  95% CI"]
+        lines += ["", f"{'ablation':<34}{'metric':<32}{'n':>5}{'with':>8}{'without':>9}{'delta':>8}  95% CI"]
         for row in diagnosis["ablations"]:
-            lines.append(f"{row['part']:<32}{row['metric']:<28}{row['n']:>5}{_num(row['with']):>8}"
+            lines.append(f"{row['part']:<34}{row['metric']:<32}{row['n']:>5}{_num(row['with']):>8}"
                          f"{_num(row['without']):>9}{_num(row['delta_delta']):>8}  "
                          f"[{_num(row['delta_ci_low'])}, {_num(row['delta_ci_high'])}]")
     return "\n".join(lines)
