@@ -362,7 +362,11 @@ def ceiling_html(rows: Sequence[Mapping[str, Any]]) -> str:
     labels = [" ".join(str(row[k]) for k in label_keys if k in row) for row in rows]
     chart = svg.bar_chart(labels, [(k, [row.get(k) for row in rows]) for k in bars], title="Ceiling analysis",
                           value_format="{:.3f}") if bars else ""
-    return "<h3>Ceiling analysis</h3>" + chart + table(columns, [[row.get(k) for k in columns] for row in rows])
+    return ("<h3>Ceiling analysis</h3>" + chart
+            + note("predicted / gold: each stage's metric with the predicted upstream input (as run) and with the "
+                   "gold upstream input; gain_if_perfect: how much the share of cases with no stage wrong would "
+                   "rise if this stage were perfect.")
+            + table(columns, [[row.get(k) for k in columns] for row in rows]))
 
 
 def curve_html(curve: Mapping[str, Any]) -> str:

@@ -170,9 +170,11 @@ class Diagnoser:
             stage = first_failing_stage(r)
             if stage:
                 attribution.setdefault(stage, []).append(r["id"])
+        # per stage: its metric with the predicted upstream input (as run) and with the gold upstream input
+        # (route has no upstream), and what the end-to-end share would gain if the stage were perfect
         if "route" in self.stages:
             rows.append({"stage": "route", "metric": "accuracy", "predicted": _mean([_route(r) for r in base]),
-                         "gold": 1.0})
+                         "gold": None})
         downstream = tuple(s for s in self.stages if s != "route")
         gold_dept = base
         if "route" in self.stages and downstream and self.eval_set.cases[0].expected.department is not None:
@@ -181,8 +183,7 @@ class Diagnoser:
         if "retrieve" in self.stages:
             rows.append({"stage": "retrieve", "metric": "hit_rate@5",
                          "predicted": _mean([_hit5(r) for r in base]),
-                         "gold": 1.0, "with_gold_upstream": _mean([_hit5(r) for r in gold_dept])
-                         if gold_dept is not base else None})
+                         "gold": _mean([_hit5(r) for r in gold_dept]) if gold_dept is not base else None})
         if "draft" in self.stages and "retrieve" in self.stages and self.level in ("passage", "product"):
             gold_hits = self.rerun(Variant("gold-hits", ("draft",), ("department", "hits")))
             e2e_dept = _mean([e2e_ok(r) for r in gold_dept])
@@ -190,18 +191,17 @@ class Diagnoser:
             for row in rows:
                 if row["stage"] == "retrieve":
                     row["gain_if_perfect"] = _gain(e2e_hits, e2e_dept)
-            # drafting's "gold" is its metric when fed gold department and gold passages
             for key in ("valid", "rouge_l", "grounded_in_relevant"):
                 predicted = _mean([_draft(key)(r) for r in base])
                 gold = _mean([_draft(key)(r) for r in gold_hits])
                 if predicted is not None or gold is not None:
-                    rows.append({"stage": "draft", "metric": f"{key} (gold: with gold upstream)",
+                    rows.append({"stage": "draft", "metric": key,
                                  "predicted": predicted, "gold": gold, "gain_if_perfect": _gain(1.0, e2e_hits)})
             rows.append({"stage": "end-to-end", "metric": "share of cases with no stage wrong",
-                         "predicted": e2e_pred, "gold": 1.0})
+                         "predicted": e2e_pred, "gold": None})
         else:
             rows.append({"stage": "end-to-end", "metric": "share of cases with no stage wrong",
-                         "predicted": e2e_pred, "gold": 1.0})
+                         "predicted": e2e_pred, "gold": None})
         return rows, attribution
 
     # -- ablations ----------------------------------------------------------------------------------------
@@ -430,11 +430,12 @@ def format_diagnosis(diagnosis: Mapping[str, Any]) -> str:
             lines.append(f"      cases: {cases}")
     if not diagnosis["alarms"]:
         lines.append("  none")
-    header = f"{'ceiling':<12}{'metric':<40}{'predicted':>10}{'gold':>8}{'gold upstream':>15}{'gain if perfect':>17}"
+    header = (f"{'ceiling':<12}{'metric':<36}{'predicted upstream':>20}{'gold upstream':>15}"
+              f"{'gain if perfect':>17}")
     lines += ["", header]
     for row in diagnosis["ceiling"]:
-        lines.append(f"{row['stage']:<12}{row['metric']:<40}{_num(row.get('predicted')):>10}{_num(row.get('gold')):>8}"
-                     f"{_num(row.get('with_gold_upstream')):>15}{_num(row.get('gain_if_perfect')):>17}")
+        lines.append(f"{row['stage']:<12}{row['metric']:<36}{_num(row.get('predicted')):>20}"
+                     f"{_num(row.get('gold')):>15}{_num(row.get('gain_if_perfect')):>17}")
     attribution = diagnosis["attribution"]
     lines += ["", "first failing stage: " + (", ".join(f"{k}={v['n']}" for k, v in attribution.items()) or "none")]
     if diagnosis["ablations"]:
