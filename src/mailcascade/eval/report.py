@@ -386,6 +386,18 @@ def diagnosis_section(diag: Mapping[str, Any]) -> str:
     ceiling = [row for row in diag.get("ceiling") or [] if isinstance(row, Mapping) and row]
     if ceiling:
         body += ceiling_html(ceiling)
+    attribution = diag.get("attribution") or {}
+    if attribution:
+        body += "<h3>First failing stage</h3>" + table(
+            ["stage", "cases", "ids"],
+            [[stage, a.get("n"), ", ".join(map(str, (a.get("cases") or [])[:30]))] for stage, a in attribution.items()])
+    ablations = [a for a in diag.get("ablations") or [] if isinstance(a, Mapping)]
+    if ablations:
+        body += "<h3>Ablations (same cases, paired bootstrap)</h3>" + table(
+            ["part", "metric", "n", "with", "without", "delta", "95% CI", "p"],
+            [[a.get("part"), a.get("metric"), a.get("n"), a.get("with"), a.get("without"), a.get("delta_delta"),
+              f"[{num(a.get('delta_ci_low'))}, {num(a.get('delta_ci_high'))}]", a.get("delta_p_value")]
+             for a in ablations])
     body += "".join(curve_html(c) for c in diag.get("learning_curves") or [] if isinstance(c, Mapping))
     return section("diagnosis", "Diagnosis", body)
 
