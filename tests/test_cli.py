@@ -119,3 +119,29 @@ def test_run_writes_one_record_per_input_and_the_failure_log_explains_them(run_d
 def test_failures_without_a_log_says_what_to_do(tmp_path: Path) -> None:
     done = cli("failures", cwd=tmp_path)
     assert done.returncode == 1 and "run `mailcascade run`" in done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_cleanly_and_it_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    cases = ROOT / "data" / "sample_emails.jsonl"
+    with FakeServer(sensible, latency_s=0.2) as server:  # type: ignore[arg-type]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "MAILCASCADE_"))}
+        env.update({"HF_HUB_OFFLINE": "1", "OPENAI_BASE_URL": server.base_url})
+        cmd = [sys.executable, "-m", "mailcascade.cli", "eval", str(cases), "--out", "run", "--no-progress",
+               "--concurrency", "2"]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        records = tmp_path / "run" / "cases.jsonl"
+        while proc.poll() is None and not (records.is_file() and records.read_text().count("\n") >= 3):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143 and "mailcascade: terminated" in err
+        resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ids = [json.loads(line)["id"] for line in records.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 43

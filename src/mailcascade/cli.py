@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,21 +15,31 @@ from mailcascade.config import Settings, load_settings
 from mailcascade.errors import MailcascadeError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `with` block (the local model server above all) cleans up."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code: int = args.func(args)
         return code
     except MailcascadeError as exc:
         print(f"mailcascade: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mailcascade: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("mailcascade: terminated" if isinstance(exc, Terminated) else "mailcascade: interrupted",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 def build_parser() -> argparse.ArgumentParser:
