@@ -7,7 +7,6 @@ A Pipeline is safe to share across threads and asyncio tasks: per-email state li
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,9 +17,10 @@ from mailcascade.catalog import Embedder, EmbedderLike, open_index
 from mailcascade.catalog.cached import CachedSearcher
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import EmailParseError, MailcascadeError
-from mailcascade.llm import LocalServer, OpenAIClient, local_server_if_needed
+from mailcascade.llm import OpenAIClient
 from mailcascade.llm.base import LLM
 from mailcascade.llm.cache import CachedLLM
+from mailcascade.llm.on_demand import ServerOnDemand
 from mailcascade.prompts import Prompt, load_prompts
 from mailcascade.stages import draft as draft_stage
 from mailcascade.stages import retrieve as retrieve_stage
@@ -56,6 +56,7 @@ class Pipeline:
         router: EmbeddingRouter | None = None,
         embedder: EmbedderLike | None = None,
         few_shot_pool: Sequence[tuple[str, str]] = (),
+        server: ServerOnDemand | None = None,
         run_id: str | None = None,
     ) -> None:
         for name in ("route", "draft"):
@@ -73,7 +74,7 @@ class Pipeline:
         self._embedder = embedder
         self._index = index
         self._lock = threading.Lock()
-        self._server: contextlib.ExitStack | None = None
+        self._server = server
         self.run_id = store.start_run("pipeline", settings.to_dict(), run_id) if store else (run_id or "")
 
     @classmethod
@@ -86,7 +87,11 @@ class Pipeline:
         """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client."""
         settings = settings or load_settings(path)
         store = Store(settings.store.path)
-        base: LLM = llm or OpenAIClient(settings.llm)
+        server = None
+        if llm is None:
+            server = ServerOnDemand(OpenAIClient(settings.llm), settings)  # the embedded server, on first use
+            llm = server
+        base: LLM = llm
         if settings.store.cache:
             base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
         embedder = embedder or Embedder(settings.embedding)
@@ -95,7 +100,7 @@ class Pipeline:
         if few_shot_pool is None and settings.route.few_shot and settings.route.examples_path:
             few_shot_pool = load_examples(settings.route.examples_path)
         return cls(settings, base, load_prompts(settings.prompts_path()), store=store, index=index, router=router,
-                   embedder=embedder, few_shot_pool=few_shot_pool or (), run_id=run_id)
+                   embedder=embedder, few_shot_pool=few_shot_pool or (), server=server, run_id=run_id)
 
     # lifecycle ----------------------------------------------------------
     def __enter__(self) -> Pipeline:
@@ -105,12 +110,11 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self) -> LocalServer | None:
-        """Start the embedded model server if the settings point at it and nothing answers there."""
-        if self._server is None:
-            self._server = contextlib.ExitStack()
-            return self._server.enter_context(local_server_if_needed(self.settings))
-        return None
+    def start(self) -> None:
+        """Start the embedded model server now (it otherwise starts on the first model call that needs it), if
+        the settings point at it and nothing answers there. Raises LLMError when it cannot start."""
+        if self._server is not None:
+            self._server.ensure()
 
     def finish_run(self, summary: Mapping[str, Any]) -> None:
         """Record in the store that this run ended, with a summary (counts, cache statistics)."""
@@ -118,9 +122,9 @@ class Pipeline:
             self.store.finish_run(self.run_id, summary)
 
     def close(self) -> None:
+        """Stop the embedded model server if this pipeline started it."""
         if self._server is not None:
             self._server.close()
-            self._server = None
 
     @property
     def embedder(self) -> EmbedderLike:

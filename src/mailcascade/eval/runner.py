@@ -239,9 +239,6 @@ def run_eval(
     by_id = {c.id: c for c in todo}
     passage_products = {p.passage_id: p.product_id for p in eval_set.passages or ()}
     started = time.time()
-    needs_model = bool(todo) and ("draft" in options.stages or ("route" in options.stages and router is None))
-    if needs_model:
-        pipeline.start()  # the embedded model server, if the settings point at it and nothing answers there
     with records_path.open("a", encoding="utf-8") as sink, contextlib.closing(pipeline), \
             Progress(len(todo), "cases", enabled=options.progress) as progress:
 

@@ -1,0 +1,60 @@
+"""An LLM that starts the embedded model server on its first call, and stops it on close().
+
+So a pipeline that answers everything from its cache never starts a server, and a library user who forgets
+`with Pipeline.from_config() as p:` still gets the embedded default model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+from mailcascade.config import Settings
+from mailcascade.errors import LLMError
+from mailcascade.llm.base import LLM
+from mailcascade.llm.local_server import local_server_if_needed
+from mailcascade.types import ChatRequest, ChatResponse
+
+
+class ServerOnDemand:
+    def __init__(self, inner: LLM, settings: Settings) -> None:
+        self._inner = inner
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._stack: contextlib.ExitStack | None = None
+        self._failed: LLMError | None = None
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    def ensure(self) -> None:
+        """Start the server if the settings point at the embedded one and nothing answers there (once)."""
+        with self._lock:
+            if self._failed is not None:
+                raise self._failed  # do not try (and wait for) a failed start once per email
+            if self._stack is not None:
+                return
+            stack = contextlib.ExitStack()
+            try:
+                stack.enter_context(local_server_if_needed(self._settings))
+            except LLMError as exc:
+                self._failed = exc
+                raise
+            self._stack = stack
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        self.ensure()
+        return self._inner.complete(request)
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        if self._stack is None:
+            await asyncio.to_thread(self.ensure)
+        return await self._inner.acomplete(request)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stack is not None:
+                self._stack.close()
+                self._stack = None
