@@ -54,6 +54,7 @@ def test_a_clean_run_gives_department_hits_draft_and_stage_records(tmp_path: Pat
     assert len(result.hits) == 5 and all(h.score >= result.hits[-1].score for h in result.hits)
     assert result.draft is not None and result.draft.product_ids == (result.hits[0].product_id,)
     assert [s.stage for s in result.stages] == ["route", "retrieve", "draft"]
+    assert result.stages[1].model.startswith("fake-hash:flat:")  # the trace names the index that answered
     route = result.stages[0]
     assert route.status == "ok" and len(route.attempts) == 1 and route.attempts[0].status == "clean"
     assert len(route.prompt_hash) == 12 and route.tokens_in > 0

@@ -21,6 +21,10 @@ class CachedSearcher:
         self._identity = [m.get("catalog_sha256"), m.get("embedding_model"), m.get("dim"), index.kind]
 
     @property
+    def name(self) -> str:
+        return self.index.name
+
+    @property
     def passages(self) -> Any:
         return self.index.passages
 

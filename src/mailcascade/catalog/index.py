@@ -101,6 +101,11 @@ class CatalogIndex:
         return dict(self._manifest)
 
     @property
+    def name(self) -> str:
+        """Identifies the index in traces: embedding model, kind and the first digits of the catalogue hash."""
+        return f"{self._embedder.name}:{self.kind}:{str(self._manifest.get('catalog_sha256', ''))[:12]}"
+
+    @property
     def embedder(self) -> EmbedderLike:
         return self._embedder
 

@@ -46,6 +46,7 @@ def retrieve(
     record = StageRecord(
         stage="retrieve",
         status="ok",
+        model=str(getattr(index, "name", "")),  # which index answered: embedding model, kind, catalogue hash
         input_hash=hashlib.sha256(query.encode()).hexdigest()[:12],
         latency_ms=(time.perf_counter() - started) * 1000,
     )
