@@ -74,3 +74,47 @@ def sensible(body: dict[str, Any]) -> Step:
         return Reply(json.dumps({"department": dept, "confidence": 0.9, "reason": "keyword"}))
     ids = product_ids_in(body)[:1]
     return Reply(json.dumps({"reply": "Thanks for your email, we are on it.", "product_ids": ids}))
+
+
+class CountingLLM:
+    """An in-process LLM stub (for units that are not about HTTP): answers "answer N" and counts calls."""
+
+    def __init__(self, text: str | None = None) -> None:
+        self.calls = 0
+        self._text = text
+
+    @property
+    def model(self) -> str:
+        return "m"
+
+    def complete(self, request: Any) -> Any:
+        from mailcascade.types import ChatResponse
+
+        self.calls += 1
+        return ChatResponse(text=self._text if self._text is not None else f"answer {self.calls}",
+                            finish_reason="stop", model="m", tokens_in=3, tokens_out=2)
+
+    async def acomplete(self, request: Any) -> Any:
+        return self.complete(request)
+
+
+DRAFT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"reply": {"type": "string"}, "product_ids": {"type": "array", "items": {"type": "string"}}},
+    "required": ["reply", "product_ids"],
+    "additionalProperties": False,
+}
+
+
+def route_schema(departments: Sequence[str]) -> dict[str, Any]:
+    """The route prompt's output schema for these departments."""
+    return {
+        "type": "object",
+        "properties": {
+            "department": {"type": "string", "enum": list(departments)},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "reason": {"type": "string"},
+        },
+        "required": ["department", "confidence", "reason"],
+        "additionalProperties": False,
+    }

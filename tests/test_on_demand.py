@@ -8,33 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from fakes import CountingLLM
 from mailcascade.config import Settings
 from mailcascade.errors import LLMError
 from mailcascade.llm.on_demand import ServerOnDemand
-from mailcascade.types import ChatRequest, ChatResponse
-
-
-class Inner:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @property
-    def model(self) -> str:
-        return "m"
-
-    def complete(self, request: ChatRequest) -> ChatResponse:
-        self.calls += 1
-        return ChatResponse(text="{}", finish_reason="stop", model="m")
-
-    async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        return self.complete(request)
-
+from mailcascade.types import ChatRequest
 
 REQUEST = ChatRequest(messages=(("user", "hi"),))
 
 
 def test_a_remote_endpoint_never_starts_anything() -> None:
-    inner = Inner()
+    inner = CountingLLM(text="{}")
     settings = Settings().replace(llm=dataclasses.replace(Settings().llm, base_url="http://127.0.0.1:9/v1"))
     gate = ServerOnDemand(inner, settings)
     assert gate.complete(REQUEST).text == "{}" and inner.calls == 1
@@ -48,7 +32,7 @@ def test_a_failed_start_is_remembered_and_no_call_reaches_the_model(tmp_path: Pa
     settings = Settings()
     settings = settings.replace(local_server=dataclasses.replace(settings.local_server,
                                                                  model_path=str(tmp_path / "missing.gguf")))
-    inner = Inner()
+    inner = CountingLLM(text="{}")
     gate = ServerOnDemand(inner, settings)
     with pytest.raises(LLMError, match=r"missing\.gguf") as first:
         gate.complete(REQUEST)

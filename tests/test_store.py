@@ -3,25 +3,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from fakes import CountingLLM
 from mailcascade.llm.cache import CachedLLM
 from mailcascade.store import Store
-from mailcascade.types import Attempt, ChatRequest, ChatResponse, Finding, StageRecord
-
-
-class CountingLLM:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @property
-    def model(self) -> str:
-        return "m"
-
-    def complete(self, request: ChatRequest) -> ChatResponse:
-        self.calls += 1
-        return ChatResponse(text=f"answer {self.calls}", finish_reason="stop", model="m", tokens_in=3, tokens_out=2)
-
-    async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        return self.complete(request)
+from mailcascade.types import Attempt, ChatRequest, Finding, StageRecord
 
 
 def _record() -> StageRecord:

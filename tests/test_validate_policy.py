@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from fakes import DRAFT_SCHEMA, route_schema
 from mailcascade.errors import ConfigError
 from mailcascade.types import Finding, Verdict
 from mailcascade.validate import CODES, Decision, ValidationContext, default_policy, reask_message, validate
 
 DEPARTMENTS = ["orders", "shipping", "returns", "billing", "general"]
-ROUTE = {
-    "type": "object",
-    "properties": {
-        "department": {"type": "string", "enum": DEPARTMENTS},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "reason": {"type": "string"},
-    },
-    "required": ["department", "confidence", "reason"],
-    "additionalProperties": False,
-}
-DRAFT = {
-    "type": "object",
-    "properties": {"reply": {"type": "string"}, "product_ids": {"type": "array", "items": {"type": "string"}}},
-    "required": ["reply", "product_ids"],
-    "additionalProperties": False,
-}
+ROUTE = route_schema(DEPARTMENTS)
+DRAFT = DRAFT_SCHEMA
 GOOD = '{"department": "billing", "confidence": 0.9, "reason": "double charge"}'
 
 

@@ -9,25 +9,12 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from fakes import DRAFT_SCHEMA, route_schema
 from mailcascade.validate import is_placeholder, validate
 
 DEPARTMENTS = ["orders", "shipping", "returns", "billing", "products", "account", "general", "out_of_scope"]
-ROUTE = {
-    "type": "object",
-    "properties": {
-        "department": {"type": "string", "enum": DEPARTMENTS},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "reason": {"type": "string"},
-    },
-    "required": ["department", "confidence", "reason"],
-    "additionalProperties": False,
-}
-DRAFT = {
-    "type": "object",
-    "properties": {"reply": {"type": "string"}, "product_ids": {"type": "array", "items": {"type": "string"}}},
-    "required": ["reply", "product_ids"],
-    "additionalProperties": False,
-}
+ROUTE = route_schema(DEPARTMENTS)
+DRAFT = DRAFT_SCHEMA
 # text with the characters that trip repairs: quotes, brackets, fences, tags, escapes, control characters, unicode
 TRICKY = st.text(
     alphabet=st.one_of(st.sampled_from(list("{}[]\"'`,:;/#*\\<>\n\t\r\u201c\u201d\u2019 ")),
