@@ -126,6 +126,8 @@ def test_server_errors_are_retried_by_the_client(tmp_path: Path, index) -> None:
         result = make_pipeline(server, tmp_path, index).run(EMAIL)
     assert result.status == "ok"
     assert len(result.stages[0].attempts) == 1  # one validated attempt, three HTTP attempts under it
+    assert result.stages[0].attempts[0].http_attempts == 3
+    assert result.to_dict()["stages"][0]["http_attempts"] == 3
 
 
 def test_one_bad_email_does_not_take_the_batch_down(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]

@@ -40,6 +40,7 @@ def test_cache_answers_the_same_request_once_and_counts(tmp_path: Path) -> None:
     third = llm.complete(ChatRequest(messages=(("user", "hi"),), max_tokens=6))  # another parameter: a miss
     assert inner.calls == 2
     assert first.text == second.text and not first.cached and second.cached
+    assert first.attempts == 1 and second.attempts == 0
     assert third.text == "answer 2"
     assert (llm.stats.hits, llm.stats.misses) == (1, 2)
 

@@ -150,7 +150,7 @@ class Store:
             with self._conn:
                 self._conn.execute("UPDATE llm_cache SET hits = hits + 1 WHERE key=?", (key,))
         data = json.loads(row["response"])
-        return ChatResponse(**{**data, "cached": True})
+        return ChatResponse(**{**data, "cached": True, "attempts": 0})  # answered here: no request was sent
 
     def cache_put(self, key: str, response: ChatResponse) -> None:
         data = {

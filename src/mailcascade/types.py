@@ -133,6 +133,7 @@ class Attempt:
     tokens_out: int
     latency_ms: float
     cached: bool = False
+    http_attempts: int = 1  # requests sent for this answer, transport retries (429, 5xx, timeouts) included
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class StageRecord:
             "prompt_hash": self.prompt_hash,
             "model": self.model,
             "attempts": len(self.attempts),
+            "http_attempts": sum(a.http_attempts for a in self.attempts),
             "failure_codes": list(self.failure_codes),
             "validator_status": self.attempts[-1].status if self.attempts else None,
             "tokens_in": self.tokens_in,

@@ -81,7 +81,7 @@ class Call:
             Attempt(
                 number=number, raw=response.text, finish_reason=response.finish_reason, status=verdict.status,
                 findings=findings, tokens_in=response.tokens_in, tokens_out=response.tokens_out,
-                latency_ms=response.latency_ms, cached=response.cached,
+                latency_ms=response.latency_ms, cached=response.cached, http_attempts=response.attempts,
             )
         )
         self.actions.append(decision.action)
