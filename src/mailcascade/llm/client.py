@@ -170,7 +170,7 @@ class OpenAIClient:
         if mode == "json_schema":
             json_schema = {"name": request.schema_name, "schema": schema, "strict": False}
             return {"type": "json_schema", "json_schema": json_schema}
-        return {"type": "json_object", "schema": schema}
+        return {"type": "json_object", "schema": grammar_safe(schema)}
 
     def _retry_options(self) -> dict[str, Any]:
         return {
@@ -305,3 +305,18 @@ def _safe_url(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+# llama.cpp turns length and item bounds into nested grammar repetitions; large bounds fail to compile and take the
+# server process down. Bounds above these are left to the validator, which checks the full schema anyway.
+GRAMMAR_BOUNDS = {"maxLength": 256, "minLength": 256, "maxItems": 32, "minItems": 32}
+
+
+def grammar_safe(schema: Any) -> Any:
+    """A copy of `schema` without length/item bounds too large for a llama.cpp grammar (json_object mode only)."""
+    if isinstance(schema, dict):
+        return {k: grammar_safe(v) for k, v in schema.items()
+                if not (k in GRAMMAR_BOUNDS and isinstance(v, int) and v > GRAMMAR_BOUNDS[k])}
+    if isinstance(schema, list):
+        return [grammar_safe(v) for v in schema]
+    return schema
