@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
-from mailcascade.errors import ConfigError
+from mailcascade.errors import ConfigError, MailcascadeError
 from mailcascade.types import OUT_OF_SCOPE
 
 StructuredMode = Literal["json_schema", "json_object", "none"]
@@ -197,17 +197,22 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         path = env.get("MAILCASCADE_CONFIG") or ("mailcascade.toml" if Path("mailcascade.toml").is_file() else None)
     if path is not None:
         p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {p}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+        raw = read_toml(p, ConfigError, "config file")
         source = str(p)
         _resolve_paths(raw, p.parent)
     _overlay_env(raw, env)
     settings: Settings = _build(Settings, raw, "")
     return dataclasses.replace(settings, source=source)
+
+
+def read_toml(path: Path, error: type[MailcascadeError], what: str) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or invalid file raises `error` with a message that names it."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: invalid TOML: {exc}") from None
 
 
 def settings_from_dict(data: Mapping[str, Any]) -> Settings:

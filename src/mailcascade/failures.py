@@ -24,6 +24,18 @@ def _calls(rows: Iterable[Row]) -> dict[tuple[str, str, str], list[Row]]:
     return calls
 
 
+def outcome(accepted_at: int | None, first_status: str) -> str:
+    """Where one stage call ends in the funnel: clean_first, repaired_first, lossy_first, rescued or failed.
+
+    `accepted_at` is the attempt whose value was accepted (None: none was), `first_status` the first verdict.
+    """
+    if accepted_at is None:
+        return "failed"
+    if accepted_at > 1:
+        return "rescued"
+    return {"clean": "clean_first", "repaired": "repaired_first"}.get(first_status, "lossy_first")
+
+
 def funnel(rows: Iterable[Row]) -> dict[str, dict[str, Any]]:
     """Per stage, prompt hash and model ("route c9bd71270973 smollm2"): clean on the first attempt, repaired,
     lossy, rescued by a re-ask at attempt n, failed; and the tokens spent."""
@@ -36,13 +48,12 @@ def funnel(rows: Iterable[Row]) -> dict[str, dict[str, Any]]:
                                    "rescued_at": Counter(), "failed": 0, "tokens": 0})
         row["calls"] += 1
         row["tokens"] += sum(a["tokens_in"] + a["tokens_out"] for a in attempts)
-        accepted = [a for a in attempts if a["action"] == "accept"]
-        if not accepted:
-            row["failed"] += 1
-        elif accepted[0]["attempt"] == 1:
-            row[{"clean": "clean_first", "repaired": "repaired_first"}.get(accepted[0]["status"], "lossy_first")] += 1
+        accepted_at = next((a["attempt"] for a in attempts if a["action"] == "accept"), None)
+        where = outcome(accepted_at, first["status"])
+        if where == "rescued":
+            row["rescued_at"][accepted_at] += 1
         else:
-            row["rescued_at"][accepted[0]["attempt"]] += 1
+            row[where] += 1
     for row in out.values():
         row["rescued_at"] = {str(k): v for k, v in sorted(row["rescued_at"].items())}
     return out

@@ -36,7 +36,6 @@ from mailcascade.errors import PromptError
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _ROLE_HEADING = re.compile(r"^###\s*(system|user|assistant)\s*$", re.MULTILINE)
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,7 @@ class Prompt:
     temperature: float
     hash: str  # sha256 of the file content, first 12 hex digits
     path: str
+    text: str  # the whole file, as hashed
 
     def render(self, values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         """Render every message; every declared variable must be given, nothing else."""
@@ -139,6 +139,7 @@ def parse_prompt(text: str, path: str = "<string>") -> Prompt:
         temperature=temperature,
         hash=hashlib.sha256(text.encode("utf-8")).hexdigest()[:12],
         path=path,
+        text=text,
     )
 
 

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
 );
 CREATE INDEX IF NOT EXISTS verdicts_stage ON verdicts(stage, prompt_hash, model);
 CREATE TABLE IF NOT EXISTS llm_cache (
-  key TEXT PRIMARY KEY, response TEXT, created REAL, hits INTEGER DEFAULT 0
+  key TEXT PRIMARY KEY, response TEXT, created REAL
 );
 CREATE TABLE IF NOT EXISTS search_cache (
   key TEXT PRIMARY KEY, hits TEXT, created REAL
@@ -145,10 +145,8 @@ class Store:
     def cache_get(self, key: str) -> ChatResponse | None:
         with self._lock:
             row = self._conn.execute("SELECT response FROM llm_cache WHERE key=?", (key,)).fetchone()
-            if row is None:
-                return None
-            with self._conn:
-                self._conn.execute("UPDATE llm_cache SET hits = hits + 1 WHERE key=?", (key,))
+        if row is None:
+            return None
         data = json.loads(row["response"])
         return ChatResponse(**{**data, "cached": True, "attempts": 0})  # answered here: no request was sent
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import tomllib
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
 from mailcascade.catalog import Passage
+from mailcascade.config import read_toml
 from mailcascade.errors import EvalError
 from mailcascade.eval.cases import EvalCase, Expected, load_cases, make_case
 from mailcascade.types import OUT_OF_SCOPE
@@ -25,12 +25,7 @@ MappingArg = Mapping[str, str] | str | Path
 def load_mapping(path: str | Path, departments: Collection[str] | None = None) -> dict[str, str]:
     """Read a label -> department TOML file. With `departments`, every target must be one of them."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalError(f"label mapping not found: {p}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise EvalError(f"{p}: invalid TOML: {exc}") from None
+    raw = read_toml(p, EvalError, "label mapping")
     mapping: dict[str, str] = {}
     for label, target in raw.items():
         if not isinstance(target, str) or not target.strip():

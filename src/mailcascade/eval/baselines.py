@@ -9,7 +9,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 from mailcascade.catalog import EmbedderLike
-from mailcascade.stages.embed_route import EmbeddingRouter
+from mailcascade.eval.cases import EvalCase
+from mailcascade.eval.evalset import EvalSet
+from mailcascade.stages.embed_route import EmbeddingRouter, email_text
 from mailcascade.types import RouteDecision
 
 
@@ -35,3 +37,30 @@ def embedding_baseline(
 ) -> list[RouteDecision]:
     """k-NN routing of test_texts by the labelled train_texts (see `EmbeddingRouter`)."""
     return EmbeddingRouter(train_texts, train_labels, embedder, k).predict(test_texts)
+
+
+def baseline_predictions(
+    eval_set: EvalSet, cases: Sequence[EvalCase], embedder: EmbedderLike, k: int
+) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
+    """The majority class and the embedding k-NN router's label for each case, learned from the train split.
+
+    With no train split, the majority is counted over the eval set and k-NN is leave-one-out over it; the second
+    return value says where each baseline learned from.
+    """
+    labelled = [c for c in eval_set.cases if c.expected.department is not None]
+    train = [c for c in eval_set.train if c.expected.department is not None]
+    if not labelled:
+        return {c.id: {} for c in cases}, {}
+    learn = train or labelled
+    router = EmbeddingRouter([email_text(c.email) for c in learn], [str(c.expected.department) for c in learn],
+                             embedder, k, vectors=embedder.encode([email_text(c.email) for c in learn]))
+    if train:
+        decisions = router.predict_vectors(embedder.encode([email_text(c.email) for c in cases]))
+        knn: dict[str, str | None] = {c.id: d.department for c, d in zip(cases, decisions, strict=True)}
+        source = {"majority": "train split", "embedding_knn": "train split"}
+    else:
+        knn = ({c.id: d.department for c, d in zip(labelled, router.leave_one_out(), strict=True)}
+               if len(labelled) > 1 else {})
+        source = {"majority": "the eval set itself", "embedding_knn": "leave-one-out over the eval set"}
+    majority = majority_label([str(c.expected.department) for c in learn])
+    return {c.id: {"majority": majority, "embedding_knn": knn.get(c.id)} for c in cases}, source

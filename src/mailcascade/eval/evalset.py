@@ -11,14 +11,13 @@ the current directory).
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailcascade.catalog import Passage
-from mailcascade.config import Settings, load_settings
+from mailcascade.config import Settings, load_settings, read_toml
 from mailcascade.errors import EvalError
 from mailcascade.eval import adapters
 from mailcascade.eval.cases import EvalCase, load_cases
@@ -68,12 +67,7 @@ def load_eval_set(path: str | Path, *, data_dir: str | Path | None = None) -> Ev
         return EvalSet(name=p.stem, cases=load_cases(p), source=p)
     if suffix != ".toml":
         raise EvalError(f"{p}: expected a .jsonl cases file or a .toml eval definition")
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalError(f"eval definition not found: {p}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise EvalError(f"{p}: invalid TOML: {exc}") from None
+    raw = read_toml(p, EvalError, "eval definition")
     return _from_definition(p, raw, resolve_data_dir(data_dir))
 
 

@@ -14,6 +14,7 @@ from mailcascade.eval.drafting import drafting_case, drafting_metrics
 from mailcascade.eval.retrieval import retrieval_case, retrieval_metrics
 from mailcascade.eval.routing import accuracy, macro_f1, routing_correct, routing_metrics
 from mailcascade.eval.stats import bootstrap_ci, bootstrap_metric, mean_or_none, percentiles
+from mailcascade.failures import outcome
 from mailcascade.types import Result
 
 KS = (1, 3, 5, 10)
@@ -172,12 +173,7 @@ def validator_funnel(records: Sequence[Record]) -> dict[str, Any]:
             row = out.setdefault(s["stage"], {"calls": 0, "clean_first": 0, "repaired_first": 0, "lossy_first": 0,
                                               "rescued": 0, "failed": 0, "codes": Counter()})
             row["calls"] += 1
-            if s["status"] != "ok":
-                row["failed"] += 1
-            elif len(log) > 1:
-                row["rescued"] += 1
-            else:
-                row[{"clean": "clean_first", "repaired": "repaired_first"}.get(log[0]["status"], "lossy_first")] += 1
+            row[outcome(len(log) if s["status"] == "ok" else None, log[0]["status"])] += 1
             row["codes"].update({c["code"] for a in log for c in a["codes"]})
     for row in out.values():
         row["codes"] = dict(sorted(row["codes"].items(), key=lambda kv: (-kv[1], kv[0])))

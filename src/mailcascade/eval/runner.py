@@ -20,8 +20,7 @@ import json
 import os
 import random
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 from mailcascade.catalog import Embedder, EmbedderLike, Passage
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import EvalError
+from mailcascade.eval.baselines import baseline_predictions
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.evalset import EvalSet, check_departments
 from mailcascade.eval.records import case_record, compute_metrics
@@ -39,6 +39,7 @@ from mailcascade.llm.base import LLM
 from mailcascade.llm.cache import CachedLLM
 from mailcascade.pipeline import STAGES, Given, Pipeline
 from mailcascade.progress import Progress
+from mailcascade.prompts import Prompt
 from mailcascade.stages.embed_route import EmbeddingRouter, email_text
 from mailcascade.types import Hit, Result
 
@@ -120,45 +121,6 @@ class EmbeddingCache:
         return vectors
 
 
-def baseline_predictions(
-    eval_set: EvalSet, cases: Sequence[EvalCase], vectors: EmbeddingCache, k: int
-) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
-    """Majority class and embedding k-NN router per case, trained on the train split.
-
-    With no train split, the majority is taken over the eval set and k-NN is leave-one-out over the eval set;
-    the second return value says where each baseline learned from.
-    """
-    labelled = [c for c in eval_set.cases if c.expected.department is not None]
-    train = [c for c in eval_set.train if c.expected.department is not None]
-    out: dict[str, dict[str, str | None]] = {c.id: {} for c in cases}
-    if not labelled:
-        return out, {}
-    source = {"majority": "train split", "embedding_knn": "train split"}
-    if not train:
-        source = {"majority": "the eval set itself", "embedding_knn": "leave-one-out over the eval set"}
-    majority = Counter(c.expected.department for c in (train or labelled)).most_common(1)[0][0]
-    test_vecs = vectors.encode([email_text(c.email) for c in cases])
-    knn: list[str | None] = []
-    if train:
-        router = EmbeddingRouter([email_text(c.email) for c in train], [str(c.expected.department) for c in train],
-                                 vectors.embedder, k, vectors=vectors.encode([email_text(c.email) for c in train]))
-        knn = [d.department for d in router.predict_vectors(test_vecs)]
-    else:
-        pool_vecs = vectors.encode([email_text(c.email) for c in labelled])
-        for case, vec in zip(cases, test_vecs, strict=True):
-            keep = [i for i in range(len(labelled)) if labelled[i].id != case.id]
-            if not keep:
-                knn.append(None)
-                continue
-            router = EmbeddingRouter([email_text(labelled[i].email) for i in keep],
-                                     [str(labelled[i].expected.department) for i in keep], vectors.embedder, k,
-                                     vectors=pool_vecs[keep])
-            knn.append(router.predict_vectors(vec[None, :])[0].department)
-    for case, label in zip(cases, knn, strict=True):
-        out[case.id] = {"majority": majority, "embedding_knn": label}
-    return out, source
-
-
 def train_router(eval_set: EvalSet, settings: Settings, vectors: EmbeddingCache) -> EmbeddingRouter | None:
     """With `[route] strategy = "embedding"` and no examples_path, the router learns from the train split."""
     if settings.route.strategy != "embedding" or settings.route.examples_path:
@@ -223,7 +185,6 @@ def run_eval(
         raise EvalError(f"{out} already holds {len(done)} case records; use --resume to continue it, "
                         "or another --out")
     out.mkdir(parents=True, exist_ok=True)
-    run_info = _run_info(eval_set, options, settings, cases, labels, level, out, resume=bool(done))
     embedder = embedder or Embedder(settings.embedding)
     vectors = EmbeddingCache(embedder, cache / "embeddings")
     router = train_router(eval_set, settings, vectors)
@@ -233,6 +194,7 @@ def run_eval(
                 if c.expected.department is not None]
     pipeline = Pipeline.from_config(settings=settings, llm=llm, embedder=embedder, router=router, few_shot_pool=pool,
                                     run_id=f"eval:{out.name}:{int(time.time())}")
+    run_info = _run_info(eval_set, options, settings, pipeline.prompts, cases, labels, level, out, resume=bool(done))
     todo = [c for c in cases if c.id not in done]
     baselines, baseline_source = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
     passages = pipeline.index.passages if "hits" in options.gold else ()  # type: ignore[attr-defined]
@@ -285,8 +247,8 @@ def _embed_sim(vectors: EmbeddingCache, result: Result, case: EvalCase) -> float
 
 
 def _run_info(
-    eval_set: EvalSet, options: EvalOptions, settings: Settings, cases: Sequence[EvalCase], labels: Sequence[str],
-    level: str, out: Path, *, resume: bool,
+    eval_set: EvalSet, options: EvalOptions, settings: Settings, prompts: Mapping[str, Prompt],
+    cases: Sequence[EvalCase], labels: Sequence[str], level: str, out: Path, *, resume: bool,
 ) -> dict[str, Any]:
     path = out / "run.json"
     previous = json.loads(path.read_text(encoding="utf-8")) if resume and path.is_file() else None
@@ -294,9 +256,6 @@ def _run_info(
     if previous is not None and previous.get("case_ids") != ids:
         raise EvalError(f"{out}: --resume with another selection of cases than the run started with "
                         "(same --limit/--sample/--seed needed)")
-    from mailcascade.prompts import load_prompts
-
-    prompts = load_prompts(settings.prompts_path())
     info: dict[str, Any] = {
         "name": eval_set.name,
         "eval_set": {"name": eval_set.name, "definition": str(eval_set.definition or ""),
@@ -307,8 +266,8 @@ def _run_info(
         "status": "running",
         "options": dataclasses.asdict(options),
         "settings": settings.to_dict(),
-        "prompts": {name: {"hash": p.hash, "version": p.version, "path": p.path,
-                           "text": Path(p.path).read_text(encoding="utf-8")} for name, p in prompts.items()},
+        "prompts": {name: {"hash": p.hash, "version": p.version, "path": p.path, "text": p.text}
+                    for name, p in prompts.items()},
         "labels": list(labels),
         "relevance_level": level,
         "case_ids": ids,

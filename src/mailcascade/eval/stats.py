@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from mailcascade.summary import percentile
+
 #: resample at most this many values per numpy chunk (bounds memory for large eval sets)
 _CHUNK_VALUES = 2_000_000
 
@@ -23,11 +25,9 @@ def mean_or_none(values: Sequence[float]) -> float | None:
 
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 90, 95, 99)) -> dict[str, float | None]:
     """{"p50": ..., "p90": ...} with linear interpolation; every value is None when `values` is empty."""
-    keys = [f"p{q:g}" for q in qs]
     if not len(values):
-        return dict.fromkeys(keys)
-    found = np.percentile(np.asarray(values, dtype=np.float64), list(qs))
-    return {key: float(v) for key, v in zip(keys, found, strict=True)}
+        return dict.fromkeys(f"p{q:g}" for q in qs)
+    return {f"p{q:g}": percentile(values, q / 100) for q in qs}
 
 
 def _check_alpha(alpha: float, n: int) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,17 +128,21 @@ class EmbeddingRouter:
         nearest-neighbour similarities (leave-one-out), so it is set from the examples, never from test data."""
         if len(self.texts) < 2:
             return -1.0
-        nearest = np.empty(len(self.texts), dtype=np.float32)
+        nearest = np.concatenate([sims.max(axis=1) for sims in self._others()])
+        return float(np.quantile(nearest, quantile))
+
+    def _others(self) -> Iterator[np.ndarray]:
+        """Blocks of each example's similarity to every example, with its similarity to itself masked."""
         for start in range(0, len(self.texts), _QUERY_BLOCK):
             sims = self.vectors[start:start + _QUERY_BLOCK] @ self.vectors.T
             rows = np.arange(sims.shape[0])
             sims[rows, rows + start] = -np.inf  # not itself
-            nearest[start:start + sims.shape[0]] = sims.max(axis=1)
-        return float(np.quantile(nearest, quantile))
+            yield sims
 
     @classmethod
     def from_jsonl(
-        cls, path: str | Path, embedder: EmbedderLike, k: int = 5, departments: Sequence[str] | None = None
+        cls, path: str | Path, embedder: EmbedderLike, k: int = 5, departments: Sequence[str] | None = None,
+        oos_quantile: float = 0.0,
     ) -> EmbeddingRouter:
         """Load examples from JSONL lines {"text": ..., "department": ...} (blank lines are skipped).
 
@@ -146,16 +150,15 @@ class EmbeddingRouter:
         "route.examples_path") for a missing file, a malformed line, an unknown department or no examples.
         """
         pairs = load_examples(path, departments)
-        return cls([t for t, _ in pairs], [label for _, label in pairs], embedder, k)
+        return cls([t for t, _ in pairs], [label for _, label in pairs], embedder, k, oos_quantile=oos_quantile)
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder: EmbedderLike) -> EmbeddingRouter:
         """The router `[route]` configures: examples_path, neighbours, checked against the departments."""
         if not settings.route.examples_path:
             raise ConfigError('[route] strategy = "embedding" needs examples_path', key="route.examples_path")
-        pairs = load_examples(settings.route.examples_path, settings.department_names)
-        return cls([t for t, _ in pairs], [label for _, label in pairs], embedder, settings.route.neighbours,
-                   oos_quantile=settings.route.oos_quantile)
+        return cls.from_jsonl(settings.route.examples_path, embedder, settings.route.neighbours,
+                              settings.department_names, settings.route.oos_quantile)
 
     @property
     def name(self) -> str:
@@ -173,6 +176,10 @@ class EmbeddingRouter:
         if not texts:
             return []
         return self.predict_vectors(self.embedder.encode(list(texts)))
+
+    def leave_one_out(self) -> list[RouteDecision]:
+        """Each example's decision by all the other examples (a baseline when there is no separate train split)."""
+        return [self._decide(row) for sims in self._others() for row in sims]
 
     def predict_vectors(self, queries: np.ndarray) -> list[RouteDecision]:
         """One decision per row of already-embedded queries."""

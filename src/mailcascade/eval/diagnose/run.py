@@ -115,8 +115,8 @@ class Diagnoser:
                  ablation_limit: int | None = 40, progress: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.info, self.metrics, self.records = load_run(self.run_dir)
-        self.records.sort(key=lambda r: self.info["case_ids"].index(r["id"]) if r["id"] in self.info["case_ids"]
-                          else len(self.info["case_ids"]))
+        position = {case_id: i for i, case_id in enumerate(self.info["case_ids"])}
+        self.records.sort(key=lambda r: position.get(r["id"], len(position)))
         options = self.info.get("options") or {}
         self.eval_set = self._eval_set(data_dir or options.get("data_dir"))
         self.settings = self._settings()
