@@ -2,22 +2,31 @@
 
 Precedence, lowest first: built-in defaults < TOML file < environment variables.
 Environment: OPENAI_BASE_URL, OPENAI_API_KEY, and MAILCASCADE_<SECTION>__<KEY>
-(for example MAILCASCADE_LLM__MODEL=gpt-4o-mini, MAILCASCADE_RETRIEVAL__TOP_K=8).
+(for example MAILCASCADE_LLM__MODEL=gpt-4o-mini, MAILCASCADE_RETRIEVAL__TOP_K=8); a value is read as JSON when it
+parses as JSON, except for string settings, which take the text as it is.
+
+Every value is checked at load time: its type (an int setting takes no 2.0 and no true), its range (`_RANGES`) and,
+for `validation.policy`, its stages, failure codes and actions. Each problem is one ConfigError naming the key; the
+value of a secret setting (`is_secret_key`) is never echoed, and `mask_url` hides the password in a URL.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from mailcascade.errors import ConfigError, MailcascadeError
 from mailcascade.types import OUT_OF_SCOPE
+from mailcascade.validate.codes import CODES
+from mailcascade.validate.policy import POLICY_ACTIONS
 
 StructuredMode = Literal["json_schema", "json_object", "none"]
 LOCAL_BASE_URL = "http://127.0.0.1:8765/v1"
@@ -45,7 +54,7 @@ DEFAULT_DEPARTMENTS: tuple[Department, ...] = (
 @dataclass(frozen=True)
 class LLMSettings:
     base_url: str = LOCAL_BASE_URL
-    api_key: str = "not-needed"
+    api_key: str = field(default="not-needed", repr=False)
     model: str = LOCAL_MODEL
     structured_output: StructuredMode = "json_object"
     timeout_s: float = 60.0
@@ -55,6 +64,8 @@ class LLMSettings:
     backoff_max_s: float = 20.0
     usd_per_mtok_in: float = 0.0  # price per million input tokens, for cost per case in eval reports
     usd_per_mtok_out: float = 0.0
+    max_consecutive_failures: int = 20  # after this many transport failures in a row the run stops calling the model
+    max_retry_after_s: float = 120.0  # a Retry-After longer than this is not waited for: the call fails instead
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,7 @@ class ValidationSettings:
     max_attempts: int = 3  # model calls per stage, re-asks included
     max_reask_tokens: int = 4000  # cap on tokens spent on re-asks per email
     max_tokens_growth: float = 2.0  # multiplier for "retry with more max_tokens"
-    # per-stage policy overrides: {"route": {"truncated": "reask"}, ...}
+    # per-stage policy overrides: {"route": {"truncated": "reask"}, ...}; stages: POLICY_STAGES
     policy: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
@@ -166,23 +177,43 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = _to_plain(self)
-        if redact and out["llm"]["api_key"] not in ("", "not-needed"):
-            out["llm"]["api_key"] = "***redacted***"
+        """Plain data. `redact`: secret settings become ***redacted*** and URLs lose their password (`mask_url`)."""
+        out: dict[str, Any] = _to_plain(self, redact)
         return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _to_plain(obj: Any) -> Any:
+def _to_plain(obj: Any, redact: bool, name: str = "") -> Any:
+    """`name`: the setting `obj` is the value of ("" inside data such as the policy table, whose keys are codes)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: _to_plain(getattr(obj, f.name), redact, f.name) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
-        return {k: _to_plain(v) for k, v in obj.items()}
+        return {k: _to_plain(v, redact) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
-        return [_to_plain(v) for v in obj]
+        return [_to_plain(v, redact) for v in obj]
+    if redact and isinstance(obj, str):
+        if name and is_secret_key(name) and obj not in ("", "not-needed"):
+            return "***redacted***"
+        return mask_url(obj)
     return obj
+
+
+_SECRET_NAME = re.compile(r"key|token(?!s)|password|passwd|secret")  # "max_reask_tokens" is a count, not a token
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#]+@")
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a setting (dotted or bare name) whose value is never shown: its name mentions a key, token, password
+    or secret."""
+    return bool(_SECRET_NAME.search(key.rpartition(".")[2].lower()))
+
+
+def mask_url(url: str) -> str:
+    """`url` with the password of `scheme://user:password@host/...` replaced by ***, the user kept; a string without
+    a password in it comes back unchanged."""
+    return _URL_PASSWORD.sub(r"\1:***@", url, count=1)
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -241,25 +272,34 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 node[last] = str((base / value).resolve())
 
 
-_NOT_SETTINGS = {"MAILCASCADE_CONFIG", "MAILCASCADE_DATA_DIR"}  # environment names that are not settings
+_NOT_SETTINGS = {"MAILCASCADE_CONFIG", "MAILCASCADE_DATA_DIR", "MAILCASCADE_DEBUG"}  # environment names, not settings
 
 
 def _overlay_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    llm = raw.setdefault("llm", {})
-    if env.get("OPENAI_BASE_URL"):
-        llm["base_url"] = env["OPENAI_BASE_URL"]
-    if env.get("OPENAI_API_KEY"):
-        llm["api_key"] = env["OPENAI_API_KEY"]
-    for key, value in env.items():
-        if not key.startswith("MAILCASCADE_") or key in _NOT_SETTINGS:
-            continue
-        parts = key[len("MAILCASCADE_"):].lower().split("__")
+    assignments: list[tuple[str, list[str], Any]] = [(name, ["llm", setting], env[name]) for name, setting in
+                   (("OPENAI_BASE_URL", "base_url"), ("OPENAI_API_KEY", "api_key")) if env.get(name)]
+    for name, value in env.items():
+        if name.startswith("MAILCASCADE_") and name not in _NOT_SETTINGS:
+            parts = name[len("MAILCASCADE_"):].lower().split("__")
+            assignments.append((name, parts, _env_value(parts, value)))
+    for name, parts, value in assignments:
         node = raw
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{key}: {part} is not a section", key=key)
-        node[parts[-1]] = _parse_env_value(value)
+                section = ".".join(parts[:i + 1])
+                raise ConfigError(f"{name}: cannot set {'.'.join(parts)}: {section} is {_show(section, node)}, "
+                                  f"not a table", key=".".join(parts))
+        node[parts[-1]] = value
+
+
+def _env_value(parts: list[str], value: str) -> Any:
+    """A string setting takes the text as it is (an API key may look like a number), a bool one too (1, 0, true,
+    false, any case: see `_convert`); any other parses it as JSON when it can."""
+    hint: Any = Settings
+    for part in parts:
+        hint = get_type_hints(hint).get(part) if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+    return value if hint is str or hint is bool else _parse_env_value(value)
 
 
 def _parse_env_value(value: str) -> Any:
@@ -271,65 +311,160 @@ def _parse_env_value(value: str) -> Any:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a table, got {type(raw).__name__}", key=prefix)
+        where = prefix or "config"
+        raise ConfigError(f"{where}: expected a table, got {_show(where, raw)} (write a [{where}] section with its "
+                          f"settings under it)", key=prefix)
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
     if unknown:
         where = f"[{prefix}]" if prefix else "top level"
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} at {where}; known: {', '.join(sorted(names))}",
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} at {where}; known: {', '.join(sorted(fields))}",
                           key=f"{prefix}.{unknown[0]}".strip("."))
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}".strip(".")
-        kwargs[name] = _convert(hints[name], value, key)
+        kwargs[name] = _convert(hints[name], value, key, fields[name].default)
     return cls(**kwargs)
 
 
-def _convert(hint: Any, value: Any, key: str) -> Any:
+@dataclass(frozen=True)
+class _Range:
+    low: float
+    above: bool = False  # True: `low` itself is not allowed
+    high: float | None = None  # exclusive
+
+    def allows(self, x: float) -> bool:
+        return (x > self.low if self.above else x >= self.low) and (self.high is None or x < self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.above else '>='} {self.low:g}"
+        return f"in {'(' if self.above else '['}{self.low:g}, {self.high:g})"
+
+
+_POSITIVE, _AT_LEAST_ONE, _NON_NEGATIVE = _Range(0, above=True), _Range(1), _Range(0)
+# Every int and float setting, with the values it allows (a test checks that none is missing).
+_RANGES: Mapping[str, _Range] = {
+    "concurrency": _AT_LEAST_ONE,
+    "llm.timeout_s": _POSITIVE, "llm.connect_timeout_s": _POSITIVE, "llm.max_retries": _NON_NEGATIVE,
+    "llm.backoff_initial_s": _NON_NEGATIVE, "llm.backoff_max_s": _NON_NEGATIVE,
+    "llm.usd_per_mtok_in": _NON_NEGATIVE, "llm.usd_per_mtok_out": _NON_NEGATIVE,
+    "llm.max_consecutive_failures": _AT_LEAST_ONE, "llm.max_retry_after_s": _POSITIVE,
+    "local_server.n_ctx": _AT_LEAST_ONE, "local_server.n_threads": _AT_LEAST_ONE,
+    "local_server.startup_timeout_s": _POSITIVE,
+    "embedding.batch_size": _AT_LEAST_ONE,
+    "retrieval.top_k": _AT_LEAST_ONE,
+    "route.neighbours": _AT_LEAST_ONE, "route.few_shot": _NON_NEGATIVE, "route.oos_quantile": _Range(0, high=1),
+    "validation.max_attempts": _AT_LEAST_ONE, "validation.max_reask_tokens": _NON_NEGATIVE,
+    "validation.max_tokens_growth": _AT_LEAST_ONE,
+    "input.max_email_bytes": _AT_LEAST_ONE, "input.max_prompt_chars": _AT_LEAST_ONE,
+}
+POLICY_STAGES = ("route", "draft")  # the stages that call a model (pipeline.STAGES has retrieve too, which does not)
+
+
+def _show(key: str, value: Any) -> str:
+    """`value` for an error message about `key`, on one line: a scalar as in TOML; only the kind of a table, a list
+    or the value of a secret setting."""
+    if isinstance(value, Mapping | list | tuple):
+        return "a table" if isinstance(value, Mapping) else f"a list of {len(value)}"
+    if is_secret_key(key):
+        kind = ("true or false" if isinstance(value, bool) else "a number" if isinstance(value, int | float) else
+                "a string" if isinstance(value, str) else type(value).__name__)
+        return f"{kind} (value hidden)"
+    text = json.dumps(mask_url(value) if isinstance(value, str) else value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _convert(hint: Any, value: Any, key: str, default: Any) -> Any:
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if key == "departments":
         return _departments(value)
-    origin = getattr(hint, "__origin__", None)
-    if origin is Literal:
+    if key == "validation.policy":
+        return _policy(value)
+    name = key.rpartition(".")[2]
+    if get_origin(hint) is Literal:
         allowed = get_args(hint)
         if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}", key=key)
+            raise ConfigError(f"{key}: {_show(key, value)} is not one of {', '.join(map(str, allowed))}", key=key)
         return value
     if hint is bool:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
             return value.lower() in ("true", "1")
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}", key=key)
+            raise ConfigError(f"{key}: expected true or false, got {_show(key, value)}", key=key)
         return value
-    if hint in (int, float):
-        try:
-            number = hint(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}", key=key) from None
-        if number < 0:
-            raise ConfigError(f"{key}: must not be negative, got {value!r}", key=key)
+    if hint is int or hint is float:
+        number = _number(hint is int, value, key, f"{name} = {default!r}")
+        rng = _RANGES[key]
+        if not rng.allows(number):
+            raise ConfigError(f"{key}: must be {rng}, got {_show(key, value)}", key=key)
         return number
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}", key=key)
+            example = "" if is_secret_key(key) else f" (write e.g. {name} = {json.dumps(default)})"
+            raise ConfigError(f"{key}: expected a string, got {_show(key, value)}{example}", key=key)
         return value
-    if isinstance(value, Mapping):  # policy tables
-        return {str(k): dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
-    return value
+    raise TypeError(f"{key}: no conversion for settings of type {hint!r}")  # a new kind of setting: add one here
+
+
+def _number(whole: bool, value: Any, key: str, example: str) -> int | float:
+    """An int setting takes an int (no 2.0, no true); a float setting takes an int or a finite float (no true)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if whole else float(value)
+    if not whole and isinstance(value, float) and math.isfinite(value):
+        return value
+    what = "a whole number" if whole else "a finite number"
+    raise ConfigError(f"{key}: expected {what}, got {_show(key, value)} (write e.g. {example})", key=key)
+
+
+def _policy(value: Any) -> dict[str, dict[str, str]]:
+    key, example = "validation.policy", '(write e.g. [validation.policy] route = { truncated = "reask" })'
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a table of stage = {{ code = action }}, got {_show(key, value)} {example}",
+                          key=key)
+    out: dict[str, dict[str, str]] = {}
+    for stage, table in value.items():
+        where = f"{key}.{stage}"
+        if stage not in POLICY_STAGES:
+            raise ConfigError(f"{where}: unknown stage {stage!r}; known: {', '.join(POLICY_STAGES)}", key=where)
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table of failure code = action, got {_show(key, table)} "
+                              f"{example}", key=where)
+        for code, action in table.items():
+            if code not in CODES:
+                raise ConfigError(f"{where}: unknown failure code {code!r}; known: {', '.join(sorted(CODES))}",
+                                  key=f"{where}.{code}")
+            if action not in POLICY_ACTIONS:
+                raise ConfigError(f"{where}.{code}: unknown action {_show(key, action)}; use one of "
+                                  f"{', '.join(POLICY_ACTIONS)}", key=f"{where}.{code}")
+        out[stage] = dict(table)
+    return out
 
 
 def _departments(value: Any) -> tuple[Department, ...]:
-    items: list[Department] = []
+    key = "departments"
     if isinstance(value, Mapping):  # [departments] name = "description"
         value = [{"name": k, "description": v} for k, v in value.items()]
-    if not isinstance(value, list) or not value:
-        raise ConfigError("departments: expected a non-empty list of {name, description}", key="departments")
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"departments: expected a non-empty list of {{ name, description }}, got {_show(key, value)} "
+                          '(write e.g. departments = [{ name = "orders", description = "Order status" }])', key=key)
+    items: list[Department] = []
     for i, entry in enumerate(value):
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
-            raise ConfigError(f"departments[{i}]: needs a non-empty name", key="departments")
-        items.append(Department(entry["name"].strip(), str(entry.get("description", "")).strip()))
+        where = f"departments[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}: expected a table {{ name, description }}, got {_show(key, entry)}", key=key)
+        extra = sorted(set(entry) - {"name", "description"})
+        if extra:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(map(str, extra))}; known: description, name",
+                              key=key)
+        name, description = entry.get("name"), entry.get("description", "")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: needs a non-empty name, got {_show(key, name)}", key=key)
+        if not isinstance(description, str):
+            raise ConfigError(f"{where}: description must be a string, got {_show(key, description)}", key=key)
+        items.append(Department(name.strip(), description.strip()))
     names = [d.name for d in items]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
