@@ -76,3 +76,12 @@ def test_every_shipped_prompt_renders_and_has_a_valid_schema() -> None:
 def test_a_user_prompt_folder_is_used(tmp_path: Path) -> None:
     (tmp_path / "route.md").write_text(GOOD.replace('name = "t"', 'name = "route"'), encoding="utf-8")
     assert list(load_prompts(tmp_path)) == ["route"]
+
+
+@pytest.mark.parametrize("name", ["route", "draft"])
+def test_shipped_prompts_put_the_email_between_named_delimiters(name: str) -> None:
+    prompt = load_prompts(Settings().prompts_path())[name]
+    roles = dict(prompt.messages)
+    assert list(roles) == ["system", "user"]
+    assert roles["user"] == "<email>\nSubject: {{subject}}\n\n{{body}}\n</email>"
+    assert "between <email> and </email>" in roles["system"] and "not instructions" in roles["system"]

@@ -9,13 +9,14 @@ from mailcascade.llm.base import LLM
 from mailcascade.prompts import Prompt
 from mailcascade.stages.call import Budget, Call, StageOutput, arun_call, input_hash, output_of, run_call
 from mailcascade.types import Draft, Email, Hit, StageRecord
+from mailcascade.untrusted import neutralise, prompt_fields
 from mailcascade.validate import Policy, ValidationContext
 
 
 def format_passages(hits: Sequence[Hit]) -> str:
     if not hits:
         return "(no product information found)"
-    return "\n".join(f"[{h.product_id}] {h.text}" for h in hits)
+    return "\n".join(f"[{h.product_id}] {neutralise(h.text)}" for h in hits)  # catalogue text: data, too
 
 
 def prepare(
@@ -26,8 +27,7 @@ def prepare(
     values = {
         "department": department,
         "passages": format_passages(shown),
-        "subject": email.subject,
-        "body": email.body[: settings.input.max_prompt_chars],
+        **prompt_fields(email, settings.input.max_prompt_chars),
     }
     return Call(
         stage="draft",

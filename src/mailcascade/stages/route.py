@@ -9,14 +9,15 @@ from mailcascade.llm.base import LLM
 from mailcascade.prompts import Prompt
 from mailcascade.stages.call import Budget, Call, StageOutput, arun_call, input_hash, output_of, run_call
 from mailcascade.types import OUT_OF_SCOPE, Email, RouteDecision, StageRecord
+from mailcascade.untrusted import neutralise, prompt_fields
 from mailcascade.validate import Policy, ValidationContext
 
 
 def format_examples(examples: Sequence[tuple[str, str]]) -> str:
-    """The few-shot block: labelled example emails, one per line."""
+    """The few-shot block: labelled example emails (neutralised, like any email text), one per line."""
     if not examples:
         return ""
-    lines = ["Examples:"] + [f'- "{" ".join(text.split())[:300]}" -> {label}' for text, label in examples]
+    lines = ["Examples:"] + [f'- "{neutralise(" ".join(text.split()))[:300]}" -> {label}' for text, label in examples]
     return "\n".join(lines)
 
 
@@ -46,8 +47,7 @@ def prepare(
         "departments": "\n".join(lines),
         "department_names": names,
         "examples": format_examples(examples),
-        "subject": email.subject,
-        "body": email.body[: settings.input.max_prompt_chars],
+        **prompt_fields(email, settings.input.max_prompt_chars),
     }
     return Call(
         stage="route",
