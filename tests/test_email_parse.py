@@ -109,6 +109,39 @@ def test_wrong_declared_charset_falls_back_to_windows_1252() -> None:
     assert e.meta["warnings"] == ["text is not valid utf-8; decoded as windows-1252"]
 
 
+LATIN1_PLAIN = b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: 8bit\n\nCaf\xe9 froid\n"
+
+
+def test_eml_raw_utf8_subject_and_from_stay_utf8_even_with_a_latin1_body() -> None:
+    data = b"From: Ren\xc3\xa9e <r@example.fr>\nSubject: Caf\xc3\xa9 r\xc3\xa9clamation\n" + LATIN1_PLAIN
+    e = parse_eml(data, "utf8.eml")
+    assert (e.subject, e.sender, e.body) == ("Café réclamation", "Renée <r@example.fr>", "Café froid")
+
+
+def test_eml_raw_latin1_subject_and_from_use_the_bodys_declared_charset() -> None:
+    data = b"From: Ren\xe9e <r@example.fr>\nSubject: Caf\xe9 r\xe9clamation\n  pli\xe9e\n" + LATIN1_PLAIN
+    e = parse_eml(data, "latin1.eml")
+    assert (e.subject, e.sender, e.body) == ("Café réclamation pliée", "Renée <r@example.fr>", "Café froid")
+
+
+def test_eml_raw_8bit_subject_uses_the_charset_of_the_first_text_part() -> None:
+    data = (b"Subject: R\xfccksendung\nMIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=b\n\n"
+            b"--b\nContent-Type: text/plain; charset=iso-8859-1\n\nGr\xf6\xdfe M\n--b--\n")
+    e = parse_eml(data, "multi.eml")
+    assert (e.subject, e.body) == ("Rücksendung", "Größe M")
+
+
+def test_eml_raw_8bit_subject_without_a_charset_falls_back_to_windows_1252() -> None:
+    e = parse_eml(b"Subject: \x80100 for a caf\xe9 mug?\n\nhi\n", "cp1252.eml")
+    assert e.subject == "€100 for a café mug?"
+
+
+def test_eml_rfc2047_subject_and_from_are_unchanged() -> None:
+    data = b"From: =?utf-8?q?Ren=C3=A9e?= <r@example.fr>\nSubject: =?iso-8859-1?q?Caf=E9?= froid\n" + LATIN1_PLAIN
+    e = parse_eml(data, "rfc2047.eml")
+    assert (e.subject, e.sender) == ("Café froid", "Renée <r@example.fr>")
+
+
 def test_attachments_are_ignored_but_listed() -> None:
     e = email("attachments.eml")
     assert e.body == "The invoice attached charges me twice for shipping. Screenshot attached too."

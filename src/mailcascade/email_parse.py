@@ -39,6 +39,7 @@ _KNOWN_HEADERS = frozenset(
     b"from to cc bcc subject date message-id mime-version received return-path content-type reply-to "
     b"delivered-to sender in-reply-to references x-mailer user-agent".split()
 )
+_ESCAPED_8BIT = re.compile("[\udc80-\udcff]")  # how the parser keeps undecoded 8-bit header bytes
 _SUBJECT_LINE = re.compile(r"subject:[ \t]*(.*)", re.IGNORECASE)
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
@@ -469,12 +470,29 @@ def _is_attachment(part: Message) -> bool:
 
 
 def _header(message: Message, name: str) -> str:
+    raw = next((v for k, v in message.raw_items() if k.lower() == name), None)
+    if isinstance(raw, str) and _ESCAPED_8BIT.search(raw):  # raw 8-bit bytes (not RFC 2047): decode them ourselves
+        data = raw.encode("utf-8", "surrogateescape")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = _decode_bytes(data, _declared_charset(message))[0]
+        try:
+            return str(policy.default.header_fetch_parse(name, text))  # unfolds; decodes any RFC 2047 words too
+        except Exception:  # a header the parser cannot read; its decoded raw text is the best there is
+            return " ".join(text.split())
     try:
         value = message.get(name)
     except Exception:  # a malformed header the parser cannot fold; fall back to its raw text
         value = next((v for k, v in message.raw_items() if k.lower() == name), None)
     text = "" if value is None else str(value)
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _declared_charset(message: Message) -> str | None:
+    """The charset the message or its first text part declares (raw 8-bit headers are most likely in it)."""
+    return next((c for part in message.walk() if part.get_content_maintype() == "text"
+                 and (c := part.get_content_charset())), None)
 
 
 def _looks_like_headers(data: bytes, *, min_known: int) -> bool:
