@@ -42,7 +42,7 @@ def run(server: FakeServer, tmp_path: Path, out: str, options: EvalOptions, prom
 def test_a_run_writes_records_metrics_and_report_that_agree(tmp_path: Path) -> None:
     with FakeServer(sensible) as server:
         run_dir = run(server, tmp_path, "r1", EvalOptions(progress=False, concurrency=4))
-    records = read_records(run_dir / "cases.jsonl")
+    records = read_records(run_dir / "cases.jsonl").records
     info = json.loads((run_dir / "run.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert sorted(r["id"] for r in records) == sorted(info["case_ids"]) and len(records) == 43
@@ -100,7 +100,7 @@ def test_an_existing_run_needs_resume(tmp_path: Path) -> None:
         with pytest.raises(EvalError, match="--resume"):
             run(server, tmp_path, "x", EvalOptions(progress=False, limit=2))
         again = run(server, tmp_path, "x", EvalOptions(progress=False, limit=2, resume=True))
-    assert len(read_records(again / "cases.jsonl")) == 2
+    assert len(read_records(again / "cases.jsonl").records) == 2
 
 
 @pytest.mark.slow
@@ -123,10 +123,10 @@ def test_a_run_killed_with_sigkill_resumes_with_every_case_exactly_once(tmp_path
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        partial = len(read_records(records))
+        partial = len(read_records(records).records)
         assert 5 <= partial < 43
         done = subprocess.run([*cmd, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    ids = [r["id"] for r in read_records(records)]
+    ids = [r["id"] for r in read_records(records).records]
     assert len(ids) == 43 and len(set(ids)) == 43
     assert json.loads((out / "run.json").read_text())["resumed"] == 1

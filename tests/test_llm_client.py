@@ -142,11 +142,99 @@ def test_429_retry_after_http_date_is_honoured(fake_server: FakeServer, fake_llm
     assert gap >= 0.9
 
 
-def test_retry_after_is_capped_by_backoff_max(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+def test_retry_after_above_backoff_max_is_still_honoured(
+    fake_server: FakeServer, fake_llm_settings: LLMSettings,
+) -> None:
     settings = dataclasses.replace(fake_llm_settings, backoff_max_s=0.05)
-    fake_server.push(Status(429, retry_after="3600"), Reply("ok"))
+    fake_server.push(Status(429, retry_after="0.4"), Reply("ok"))
     resp = complete(settings, request())
-    assert resp.attempts == 2  # it did not wait an hour; the cap applied
+    assert resp.attempts == 2
+    [gap] = gaps(fake_server)
+    assert gap >= 0.4  # not cut to backoff_max_s: never earlier than the server asked
+
+
+def test_retry_after_longer_than_allowed_fails_at_once(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+    settings = dataclasses.replace(fake_llm_settings, max_retry_after_s=10.0)
+    fake_server.push(Status(429, retry_after="3600"), Reply("never sent"))
+    with pytest.raises(LLMError) as info:
+        complete(settings, request())
+    assert info.value.code == "rate_limited"
+    assert "max_retry_after_s" in str(info.value)
+    assert len(fake_server.chat_requests) == 1  # neither retried early nor waited an hour
+
+
+@pytest.mark.parametrize(("step", "code"), [
+    (Status(503), "server_error"), (Status(429), "rate_limited"), (Drop(), "connection_error"),
+    (Status(401), "client_error"), (Garbage(), "server_error"),
+])
+def test_failed_calls_carry_a_code_and_the_request_count(
+    fake_server: FakeServer, fake_llm_settings: LLMSettings, step: Any, code: str,
+) -> None:
+    fake_server.responder = lambda body: step
+    with pytest.raises(LLMError) as info:
+        complete(fake_llm_settings, request())
+    assert info.value.code == code
+    assert info.value.attempts == len(fake_server.chat_requests)
+    assert info.value.attempts == (1 if code == "client_error" else fake_llm_settings.max_retries + 1)
+
+
+def test_timeout_code(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+    settings = dataclasses.replace(fake_llm_settings, timeout_s=0.2, max_retries=1)
+    fake_server.responder = lambda body: Delay(1.0)
+    with pytest.raises(LLMError) as info:
+        complete(settings, request())
+    assert (info.value.code, info.value.attempts) == ("transport_timeout", 2)
+
+
+def test_circuit_breaker_stops_calling_a_dead_endpoint(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+    settings = dataclasses.replace(fake_llm_settings, max_consecutive_failures=3, max_retries=1)
+    fake_server.responder = lambda body: Status(503)
+    with OpenAIClient(settings) as client:
+        with pytest.raises(LLMError):
+            client.complete(request())  # 2 failed requests
+        with pytest.raises(LLMError) as second:
+            client.complete(request())  # the third opens the breaker: no retry after it
+        for _ in range(5):
+            with pytest.raises(LLMError) as later:
+                client.complete(request())
+            assert later.value.code == "circuit_open"
+            assert later.value.attempts == 0
+    assert len(fake_server.chat_requests) == 3
+    assert second.value.attempts == 1
+    assert "failed 3 times in a row" in str(later.value) and "HTTP 503" in str(later.value)
+
+
+def test_circuit_breaker_ignores_one_bad_request(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+    settings = dataclasses.replace(fake_llm_settings, max_consecutive_failures=2)
+    fake_server.push(Status(400), Status(400), Status(400), Reply("fine"))
+    with OpenAIClient(settings) as client:
+        for _ in range(3):
+            with pytest.raises(LLMError) as info:
+                client.complete(request())
+            assert info.value.code == "client_error"
+        assert client.complete(request()).text == "fine"
+
+
+def test_a_success_resets_the_breaker(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+    settings = dataclasses.replace(fake_llm_settings, max_consecutive_failures=3, max_retries=0)
+    fake_server.push(Status(500), Status(500), Reply("a"), Status(500), Status(500), Reply("b"))
+    with OpenAIClient(settings) as client:
+        answers = []
+        for _ in range(6):
+            try:
+                answers.append(client.complete(request()).text)
+            except LLMError as exc:
+                assert exc.code == "server_error"
+    assert answers == ["a", "b"]
+
+
+def test_url_password_never_in_messages(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:
+    url = fake_server.base_url.replace("http://", "http://agent:hunter2secret@")
+    settings = dataclasses.replace(fake_llm_settings, base_url=url, max_retries=0)
+    fake_server.push(Status(500, "oops hunter2secret"))
+    with pytest.raises(LLMError) as info:
+        complete(settings, request())
+    assert "hunter2secret" not in str(info.value)
 
 
 def test_timeout_then_success(fake_server: FakeServer, fake_llm_settings: LLMSettings) -> None:

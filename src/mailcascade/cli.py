@@ -3,33 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn
 
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import MailcascadeError
+from mailcascade.interrupt import Terminated, ignore_signals, raise_terminated, run_in_worker
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every `with` block (the local model server above all) cleans up."""
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"mailcascade: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code. Every error a user can cause is one line on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _log_warnings()
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         code: int = args.func(args)
         return code
@@ -37,21 +53,63 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mailcascade: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
+        ignore_signals()
         print("mailcascade: terminated" if isinstance(exc, Terminated) else "mailcascade: interrupted",
               file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
+    except BrokenPipeError:  # `mailcascade config | head`: the reader left; say nothing more
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        where = f" {exc.filename}:" if exc.filename else ""
+        print(f"mailcascade: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get("MAILCASCADE_DEBUG"):
+            raise
+        print(f"mailcascade: internal error: {type(exc).__name__}: {exc} (a bug: please report it; "
+              "MAILCASCADE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 70
+
+
+def entry() -> None:
+    """The console script: `main`, then exit without waiting for work abandoned by an interrupt."""
+    code = main()
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if code in (130, 141, 143):
+        os._exit(code)  # a worker may still be inside a long C call; what is finished has been written
+    sys.exit(code)
+
+
+def _log_warnings() -> None:
+    """Library warnings (an incomplete failure log, ...) as one `mailcascade: warning:` line each."""
+    logger = logging.getLogger("mailcascade")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mailcascade: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mailcascade", description="Route, retrieve, draft and debug customer email.")
+    p = Parser(prog="mailcascade", description="Route, retrieve, draft and debug customer email.",
+               epilog="exit codes: 0 ok; 1 an error (one line says what to fix); 2 a usage error; "
+                      "3 run: some emails failed; 4 run: every email failed; 130/143 interrupted (SIGINT/SIGTERM)")
     sub = p.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the cascade on emails (.eml, .json, .jsonl, .txt, or folders of them)")
     run.add_argument("inputs", nargs="+", metavar="INPUT")
     run.add_argument("--out", default="results.jsonl", help="where to write one JSON record per input "
                      "(default: results.jsonl; - for stdout)")
+    run.add_argument("--resume", action="store_true", help="keep the complete records already in --out (or its "
+                     ".partial journal, after a killed run) and run only the rest")
     _config_arg(run)
-    run.add_argument("--concurrency", type=int, default=None, help="emails in flight at once (default: config)")
+    run.add_argument("--concurrency", type=positive_int, default=None,
+                     help="emails in flight at once (default: config)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
@@ -79,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     fail = sub.add_parser("failures", help="the failure log: funnel per stage, counts and token cost per code")
     _store_args(fail)
     fail.add_argument("--examples", metavar="CODE", help="print stored raw outputs that showed CODE")
-    fail.add_argument("--limit", type=int, default=5, help="how many examples (default 5)")
+    fail.add_argument("--limit", type=positive_int, default=5, help="how many examples (default 5)")
     fail.add_argument("--json", action="store_true", help="print the statistics as JSON")
     fail.set_defaults(func=cmd_failures)
     fsub = fail.add_subparsers(metavar="ACTION")
@@ -96,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="run the cascade over a labelled eval set and score every stage")
     ev.add_argument("evalset", metavar="EVALDEF_OR_CASES", help="an eval definition (.toml) or a cases file (.jsonl)")
     ev.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME-TIMESTAMP)")
-    ev.add_argument("--limit", type=int, help="only the first N (selected) cases")
-    ev.add_argument("--sample", type=int, metavar="N", help="a random sample of N cases (see --seed)")
+    ev.add_argument("--limit", type=positive_int, help="only the first N (selected) cases")
+    ev.add_argument("--sample", type=positive_int, metavar="N", help="a random sample of N cases (see --seed)")
     ev.add_argument("--seed", type=int, default=0, help="seed for --sample and the bootstrap (default 0)")
     ev.add_argument("--stages", default=",".join(_STAGES), help="stages to run, comma-separated (default: all)")
     ev.add_argument("--gold", default="", help="upstream outputs taken from the labels: department,hits")
     ev.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
-    ev.add_argument("--concurrency", type=int, help="cases in flight at once (default: config)")
+    ev.add_argument("--concurrency", type=positive_int, help="cases in flight at once (default: config)")
     ev.add_argument("--data-dir", metavar="DIR", help="where the public datasets are (default: "
                     "$MAILCASCADE_DATA_DIR or ../shared/data)")
     ev.add_argument("--no-progress", action="store_true")
@@ -123,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "learning curves, leakage (stored in metrics.json and the report)")
     diag.add_argument("run", metavar="RUN")
     diag.add_argument("--data-dir", metavar="DIR", help="where the public datasets are (default: as the run)")
-    diag.add_argument("--ablation-limit", type=int, default=40, metavar="N",
+    diag.add_argument("--ablation-limit", type=positive_int, default=40, metavar="N",
                       help="cases per model-calling ablation (default 40; ablations share the LLM cache)")
     diag.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     diag.add_argument("--no-progress", action="store_true")
@@ -165,61 +223,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mailcascade.email_parse import read_inputs
     from mailcascade.pipeline import Pipeline
     from mailcascade.progress import Progress
+    from mailcascade.results_file import OrderedStream, ResultsFile, input_key
     from mailcascade.summary import format_summary, summarize
 
     settings = _settings(args)
+    if args.out == "-" and args.resume:
+        raise MailcascadeError("--resume needs --out FILE (records on stdout cannot be resumed)")
     items = list(read_inputs(args.inputs, max_bytes=settings.input.max_email_bytes))
     if not items:
         raise MailcascadeError("no inputs found")
-    pipeline = Pipeline.from_config(settings=settings)
-    _ = pipeline.index  # a missing or stale index is a configuration error: say so once, before any email
-    with _open_out(args.out) as out, pipeline, Progress(len(items), "emails", enabled=not args.no_progress) as progress:
-        writer = OrderedWriter(out)
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(ResultsFile(args.out, resume=args.resume)) if args.out != "-" else None
+        stream = OrderedStream() if sink is None else None
+        keys = [input_key(item) for item in items]
+        todo = [n for n, key in enumerate(keys) if sink is None or not sink.done(key)]
+        pipeline = Pipeline.from_config(settings=settings)
+        stack.callback(pipeline.close)
+        progress = stack.enter_context(Progress(len(todo), "emails", enabled=not args.no_progress))
 
-        def done(position: int, result: object) -> None:
-            writer.put(position, json.dumps(result.to_dict(), ensure_ascii=False))  # type: ignore[attr-defined]
-            progress.advance(failed=getattr(result, "status", "") == "failed")
+        def done(position: int, result: Any) -> None:
+            line = json.dumps(result.to_dict(), ensure_ascii=False)
+            if sink is not None:
+                sink.put(keys[todo[position]], line, failed=result.status == "failed")
+            elif stream is not None:
+                stream.put(position, line)
+            progress.advance(failed=result.status == "failed")
 
-        results = pipeline.run_many(items, concurrency=args.concurrency, on_result=done)
+        def work() -> list[Any]:
+            if todo:
+                _ = pipeline.index  # a missing or stale index is a configuration error: say so once, up front
+            return pipeline.run_many([items[n] for n in todo], concurrency=args.concurrency, on_result=done)
+
+        try:
+            results = run_in_worker(work)
+        except KeyboardInterrupt:
+            ignore_signals()
+            written = sink.finish(keys) if sink is not None else 0
+            if stream is not None:
+                stream.flush_all()
+            print(f"mailcascade: stopped: {written} of {len(items)} records in {args.out}; "
+                  "run again with --resume to finish", file=sys.stderr)
+            raise
+        count = sink.finish(keys) if sink is not None else len(results)
     summary = summarize(results)
     pipeline.finish_run(summary)
     print(format_summary(summary), file=sys.stderr)
-    print(f"\nwrote {len(results)} records to {args.out}; failure log: {settings.store.path} "
+    kept = f" ({sink.n_previous} kept from before)" if sink is not None and sink.n_previous else ""
+    print(f"\nwrote {count} records to {args.out}{kept}; failure log: {settings.store.path} "
           f"(run {pipeline.run_id})", file=sys.stderr)
-    return 0
-
-
-class OrderedWriter:
-    """Writes lines in input order as results arrive in any order, flushing as soon as a prefix is complete."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._pending: dict[int, str] = {}
-        self._next = 0
-
-    def put(self, position: int, line: str) -> None:
-        self._pending[position] = line
-        while self._next in self._pending:
-            self._out.write(self._pending.pop(self._next) + "\n")
-            self._next += 1
-        self._out.flush()
-
-
-class _open_out:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._file: TextIO | None = None
-
-    def __enter__(self) -> TextIO:
-        if self.path == "-":
-            return sys.stdout
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "w", encoding="utf-8")
-        return self._file
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
+    unsent = [s.error for r in results for s in r.stages if s.error_code == "circuit_open"]
+    if unsent:
+        print(f"mailcascade: warning: {len(unsent)} emails were not sent to the model: "
+              f"{unsent[0].split('not sent: ', 1)[-1]}; fix the endpoint, then run again with --resume",
+              file=sys.stderr)
+    failed = sink.failed_among(keys) if sink is not None else sum(r.status == "failed" for r in results)
+    return 0 if not failed else 4 if failed == len(items) else 3
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -231,7 +289,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         changes["index_kind"] = args.kind
     catalog = dataclasses.replace(settings.catalog, **changes)
     settings = settings.replace(catalog=catalog)
-    index = rebuild_index(settings, Embedder(settings.embedding))
+    index = run_in_worker(lambda: rebuild_index(settings, Embedder(settings.embedding)))
     print(f"indexed {len(index.passages)} passages from {settings.catalog_path()} into {settings.catalog.index_dir}")
     return 0
 
@@ -334,17 +392,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     settings = load_settings(args.config) if args.config else None
     out = args.out or f"runs/{eval_set.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = run_eval(eval_set, out, options, settings=settings)
+    run = run_in_worker(lambda: run_eval(eval_set, out, options, settings=settings))
     print(format_summary(json.loads((run / "metrics.json").read_text(encoding="utf-8"))))
     print(f"\nrun directory: {run}  (report: {run / 'report.html'})")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mailcascade.eval.report import format_summary, write_report
+    from mailcascade.eval.report import format_summary, load_run, write_report
 
+    _, metrics, _ = load_run(Path(args.run))
     path = write_report(Path(args.run))
-    print(format_summary(json.loads((Path(args.run) / "metrics.json").read_text(encoding="utf-8"))))
+    print(format_summary(metrics))
     print(f"\nreport: {path}")
     return 0
 
@@ -360,8 +419,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from mailcascade.eval.diagnose.run import diagnose_run, format_diagnosis
 
-    diagnosis = diagnose_run(args.run, data_dir=args.data_dir, ablation_limit=args.ablation_limit,
-                             progress=not args.no_progress)
+    diagnosis = run_in_worker(lambda: diagnose_run(args.run, data_dir=args.data_dir,
+                                                   ablation_limit=args.ablation_limit, progress=not args.no_progress))
     print(json.dumps(diagnosis, indent=2, default=str) if args.json else format_diagnosis(diagnosis))
     print(f"\nstored in {Path(args.run) / 'metrics.json'} (\"diagnosis\"); report: {Path(args.run) / 'report.html'}",
           file=sys.stderr)
@@ -377,4 +436,4 @@ def cmd_model_serve(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

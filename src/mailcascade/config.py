@@ -138,6 +138,7 @@ class StoreSettings:
     path: str = ".mailcascade/mailcascade.db"
     store_email_bodies: bool = False
     cache: bool = True  # persistent cache of model answers and retrieval results (re-runs reuse them)
+    busy_timeout_s: float = 30.0  # how long a write waits for a database locked by another process, then is dropped
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ _RANGES: Mapping[str, _Range] = {
     "validation.max_attempts": _AT_LEAST_ONE, "validation.max_reask_tokens": _NON_NEGATIVE,
     "validation.max_tokens_growth": _AT_LEAST_ONE,
     "input.max_email_bytes": _AT_LEAST_ONE, "input.max_prompt_chars": _AT_LEAST_ONE,
+    "store.busy_timeout_s": _POSITIVE,
 }
 POLICY_STAGES = ("route", "draft")  # the stages that call a model (pipeline.STAGES has retrieve too, which does not)
 

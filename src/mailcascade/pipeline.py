@@ -86,7 +86,7 @@ class Pipeline:
     ) -> Pipeline:
         """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client."""
         settings = settings or load_settings(path)
-        store = Store(settings.store.path)
+        store = Store(settings.store.path, timeout_s=settings.store.busy_timeout_s)
         server = None
         if llm is None:
             server = ServerOnDemand(OpenAIClient(settings.llm), settings)  # the embedded server, on first use
@@ -236,7 +236,7 @@ class Pipeline:
         records: list[StageRecord] = [o.record for o in outputs]
         if drafted is None and "draft" in stages:
             records.append(StageRecord(stage="draft", status="skipped", error="no department: routing failed"))
-        failed = [r for r in records if r.status == "failed"]
+        failed = [r for r in records if r.status in ("failed", "error")]
         return Result(
             id=email.id,
             status="failed" if failed or (drafted is None and "draft" in stages) else "ok",

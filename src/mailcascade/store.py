@@ -1,11 +1,17 @@
 """SQLite store: every validator verdict (the failure log), the LLM response cache, and runs.
 
 One connection guarded by a lock, so a Store can be shared across threads and tasks.
+
+Opening a store that cannot be used (a read-only folder, a path that is a folder, a parent that is a file) raises
+StoreError naming the path. After that, the store never changes an email's result: a write that fails (disk full, a
+database locked by another process for longer than `timeout_s`) is dropped, logged once as a warning, and recorded
+in `write_error`, so the caller can say the failure log is incomplete and why; a cache read that fails is a miss.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -14,7 +20,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mailcascade.errors import MailcascadeError
 from mailcascade.types import ChatResponse, Hit, StageRecord
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -37,40 +46,60 @@ CREATE TABLE IF NOT EXISTS search_cache (
 """
 
 
+class StoreError(MailcascadeError):
+    """The store cannot be opened or used at all."""
+
+
 class Store:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._conn.row_factory = sqlite3.Row
-        with self._lock, self._conn:
+        self.write_error = ""  # the first write that failed, if any: the failure log or cache is incomplete
+        fix = "set [store] path (or MAILCASCADE_STORE__PATH) to a writable file"
+        try:
             if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                # durable against a process crash; a power cut may drop the last commits
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
+                target = Path(self.path)
+                if target.is_dir():
+                    raise StoreError(f"store {self.path} is a folder, not a database file: {fix}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout_s)
+            self._conn.row_factory = sqlite3.Row
+            with self._conn:
+                if self.path != ":memory:":
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                    # durable against a process crash; a power cut may drop the last commits
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreError(f"cannot open the store {self.path}: {reason}: {fix}") from None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
+    def _write(self, what: str, sql: str, rows: Sequence[Sequence[Any]]) -> bool:
+        """One transaction; False (and a warning, once) when it fails. Never raises for a failed write."""
+        try:
+            with self._lock, self._conn:
+                self._conn.executemany(sql, rows)
+            return True
+        except sqlite3.Error as exc:
+            if not self.write_error:
+                self.write_error = f"{what} not written to {self.path}: {exc}"
+                log.warning("the failure log is incomplete (results are not affected): %s", self.write_error)
+            return False
+
     # runs -------------------------------------------------------------
     def start_run(self, command: str, config: Mapping[str, Any], run_id: str | None = None) -> str:
         run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        with self._lock, self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO runs(run_id, command, started, config) VALUES (?,?,?,?)",
-                (run_id, command, time.time(), json.dumps(config, sort_keys=True)),
-            )
+        self._write("run", "INSERT OR REPLACE INTO runs(run_id, command, started, config) VALUES (?,?,?,?)",
+                    [(run_id, command, time.time(), json.dumps(config, sort_keys=True))])
         return run_id
 
     def finish_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
-        with self._lock, self._conn:
-            self._conn.execute(
-                "UPDATE runs SET finished=?, summary=? WHERE run_id=?", (time.time(), json.dumps(summary), run_id)
-            )
+        self._write("run summary", "UPDATE runs SET finished=?, summary=? WHERE run_id=?",
+                    [(time.time(), json.dumps(summary), run_id)])
 
     def runs(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -102,13 +131,9 @@ class Store:
             )
             for i, a in enumerate(record.attempts)
         ]
-        with self._lock, self._conn:
-            self._conn.executemany(
-                "INSERT INTO verdicts(run_id, email_id, stage, model, prompt_hash, attempt, raw, finish_reason,"
-                " status, findings, action, tokens_in, tokens_out, latency_ms, cached, schema, context, email_body,"
-                " created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
+        self._write("verdicts", "INSERT INTO verdicts(run_id, email_id, stage, model, prompt_hash, attempt, raw,"
+                    " finish_reason, status, findings, action, tokens_in, tokens_out, latency_ms, cached, schema,"
+                    " context, email_body, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def verdicts(self, *, run_id: str | None = None, stage: str | None = None) -> Iterator[dict[str, Any]]:
         sql = "SELECT * FROM verdicts WHERE 1=1"
@@ -129,22 +154,29 @@ class Store:
             yield row
 
     # search cache: retrieval results by index and query ----------------
+    def _read_one(self, sql: str, key: str) -> sqlite3.Row | None:
+        """A cache lookup; a read that fails (a locked or damaged database) is a miss."""
+        try:
+            with self._lock:
+                row: sqlite3.Row | None = self._conn.execute(sql, (key,)).fetchone()
+            return row
+        except sqlite3.Error as exc:
+            log.warning("cache read failed in %s (treated as a miss): %s", self.path, exc)
+            return None
+
     def search_get(self, key: str) -> list[Hit] | None:
-        with self._lock:
-            row = self._conn.execute("SELECT hits FROM search_cache WHERE key=?", (key,)).fetchone()
+        row = self._read_one("SELECT hits FROM search_cache WHERE key=?", key)
         return None if row is None else [Hit(**h) for h in json.loads(row["hits"])]
 
     def search_put(self, key: str, hits: Sequence[Hit]) -> None:
         data = json.dumps([{"product_id": h.product_id, "passage_id": h.passage_id, "score": h.score,
                             "text": h.text} for h in hits])
-        with self._lock, self._conn:
-            self._conn.execute("INSERT OR REPLACE INTO search_cache(key, hits, created) VALUES (?,?,?)",
-                               (key, data, time.time()))
+        self._write("retrieval cache", "INSERT OR REPLACE INTO search_cache(key, hits, created) VALUES (?,?,?)",
+                    [(key, data, time.time())])
 
     # LLM response cache -----------------------------------------------
     def cache_get(self, key: str) -> ChatResponse | None:
-        with self._lock:
-            row = self._conn.execute("SELECT response FROM llm_cache WHERE key=?", (key,)).fetchone()
+        row = self._read_one("SELECT response FROM llm_cache WHERE key=?", key)
         if row is None:
             return None
         data = json.loads(row["response"])
@@ -156,8 +188,5 @@ class Store:
             "tokens_in": response.tokens_in, "tokens_out": response.tokens_out,
             "latency_ms": response.latency_ms, "attempts": response.attempts,
         }
-        with self._lock, self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO llm_cache(key, response, created) VALUES (?,?,?)",
-                (key, json.dumps(data), time.time()),
-            )
+        self._write("LLM cache", "INSERT OR REPLACE INTO llm_cache(key, response, created) VALUES (?,?,?)",
+                    [(key, json.dumps(data), time.time())])

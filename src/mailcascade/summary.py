@@ -23,9 +23,9 @@ def summarize(results: Sequence[Result]) -> dict[str, Any]:
     stages: dict[str, dict[str, Any]] = {}
     for r in results:
         for s in r.stages:
-            row = stages.setdefault(s.stage, {"ok": 0, "failed": 0, "skipped": 0, "attempts": 0, "tokens_in": 0,
-                                              "tokens_out": 0, "latency_ms": [], "codes": Counter()})
-            row[s.status] += 1
+            row = stages.setdefault(s.stage, {"ok": 0, "failed": 0, "error": 0, "skipped": 0, "attempts": 0,
+                                              "tokens_in": 0, "tokens_out": 0, "latency_ms": [], "codes": Counter()})
+            row[s.status] = row.get(s.status, 0) + 1
             row["attempts"] += len(s.attempts)
             row["tokens_in"] += s.tokens_in
             row["tokens_out"] += s.tokens_out
@@ -48,13 +48,13 @@ def summarize(results: Sequence[Result]) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"emails: {summary['emails']}   ok: {summary['ok']}   failed: {summary['failed']}", ""]
-    header = f"{'stage':<10}{'ok':>5}{'failed':>8}{'skipped':>9}{'calls':>7}{'tok in':>9}{'tok out':>9}" \
+    header = f"{'stage':<10}{'ok':>5}{'failed':>8}{'error':>7}{'skipped':>9}{'calls':>7}{'tok in':>9}{'tok out':>9}" \
              f"{'p50 ms':>9}{'p95 ms':>9}  failure codes"
     lines.append(header)
     lines.append("-" * len(header))
     for name, row in summary["stages"].items():
         codes = ", ".join(f"{c}={n}" for c, n in row["codes"].items()) or "-"
-        lines.append(f"{name:<10}{row['ok']:>5}{row['failed']:>8}{row['skipped']:>9}{row['attempts']:>7}"
+        lines.append(f"{name:<10}{row['ok']:>5}{row['failed']:>8}{row['error']:>7}{row['skipped']:>9}{row['attempts']:>7}"
                      f"{row['tokens_in']:>9}{row['tokens_out']:>9}{row['latency_p50_ms']:>9}"
                      f"{row['latency_p95_ms']:>9}  {codes}")
     lines.append("")

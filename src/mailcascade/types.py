@@ -141,13 +141,17 @@ class StageRecord:
     """The trace of one stage for one email."""
 
     stage: str
-    status: Literal["ok", "failed", "skipped", "given"]  # given: the output was supplied (e.g. a gold label)
+    # failed: the model answered but no answer was valid; error: no answer came (transport, deadline), which says
+    # nothing about the model or the prompt; given: the output was supplied (e.g. a gold label)
+    status: Literal["ok", "failed", "error", "skipped", "given"]
     prompt_hash: str = ""
     model: str = ""
     attempts: tuple[Attempt, ...] = ()
     input_hash: str = ""
     latency_ms: float = 0.0
     error: str = ""
+    error_code: str = ""  # with status "error": why no answer came (errors.TRANSPORT_CODES)
+    lost_http_attempts: int = 0  # requests sent for the call that produced no answer (retries included)
 
     @property
     def failure_codes(self) -> tuple[str, ...]:
@@ -155,6 +159,8 @@ class StageRecord:
         for a in self.attempts:
             for f in a.findings:
                 seen.setdefault(f.code, None)
+        if self.error_code:
+            seen.setdefault(self.error_code, None)
         return tuple(seen)
 
     @property
@@ -172,7 +178,7 @@ class StageRecord:
             "prompt_hash": self.prompt_hash,
             "model": self.model,
             "attempts": len(self.attempts),
-            "http_attempts": sum(a.http_attempts for a in self.attempts),
+            "http_attempts": sum(a.http_attempts for a in self.attempts) + self.lost_http_attempts,
             "failure_codes": list(self.failure_codes),
             "validator_status": self.attempts[-1].status if self.attempts else None,
             "tokens_in": self.tokens_in,
@@ -180,6 +186,7 @@ class StageRecord:
             "latency_ms": round(self.latency_ms, 1),
             "input_hash": self.input_hash,
             **({"error": self.error} if self.error else {}),
+            **({"error_code": self.error_code} if self.error_code else {}),
         }
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,6 +55,20 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
         raise CatalogError(f"expected a 2-d array of embeddings, got shape {out.shape}")
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.ascontiguousarray(out / np.where(norms == 0, 1.0, norms), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar from transformers while the model loads; its setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 class Embedder:
@@ -126,7 +141,8 @@ class Embedder:
         except ImportError:
             raise CatalogError("sentence-transformers is not installed: pip install sentence-transformers") from None
         try:
-            model = SentenceTransformer(location, device=self.settings.device, local_files_only=True)
+            with _quiet_loading():
+                model = SentenceTransformer(location, device=self.settings.device, local_files_only=True)
         except Exception as exc:  # the library raises OSError, ValueError, HF errors...
             raise CatalogError(f"cannot load embedding model {location!r} (offline, local files only): "
                                f"{type(exc).__name__}: {exc}. {INSTALL_HINT}") from None

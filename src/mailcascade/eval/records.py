@@ -151,6 +151,7 @@ def compute_metrics(
         drafting["cited_unretrieved_share"] = sum(cited_unretrieved) / len(drafted)
         out["drafting"] = drafting
     out["validator"] = validator_funnel(records)
+    out["infrastructure"] = infrastructure_errors(records)
     out["cost"] = cost(records, prices)
     return out
 
@@ -168,7 +169,7 @@ def validator_funnel(records: Sequence[Record]) -> dict[str, Any]:
     for r in records:
         for s in r["stages"]:
             log = s.get("attempt_log") or []
-            if not log:
+            if not log or s["status"] == "error":  # no answer came: an infrastructure error, not a model output
                 continue
             row = out.setdefault(s["stage"], {"calls": 0, "clean_first": 0, "repaired_first": 0, "lossy_first": 0,
                                               "rescued": 0, "failed": 0, "codes": Counter()})
@@ -178,6 +179,20 @@ def validator_funnel(records: Sequence[Record]) -> dict[str, Any]:
     for row in out.values():
         row["codes"] = dict(sorted(row["codes"].items(), key=lambda kv: (-kv[1], kv[0])))
     return out
+
+
+def infrastructure_errors(records: Sequence[Record]) -> dict[str, Any]:
+    """Cases whose model call got no answer (timeouts, refused connections, 5xx, deadlines): kept out of every
+    model metric above, counted here; `eval --resume --retry-errors` re-runs them."""
+    codes = Counter[str]()
+    ids = []
+    for r in records:
+        errors = [s for s in r["stages"] if s["status"] == "error"]
+        if errors:
+            ids.append(r["id"])
+            codes.update(s.get("error_code") or "unknown" for s in errors)
+    return {"n_cases": len(ids), "rate": len(ids) / len(records) if records else 0.0,
+            "codes": dict(codes.most_common()), "case_ids": ids[:50]}
 
 
 def cost(records: Sequence[Record], prices: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:

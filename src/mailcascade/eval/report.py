@@ -10,9 +10,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from mailcascade.errors import EvalError
+from mailcascade.errors import EvalError, MailcascadeError
 from mailcascade.eval import svg
 from mailcascade.eval.records import compute_metrics
+from mailcascade.jsonl import read_jsonl_records
 
 MAX_WORST = 20
 MAX_RAW_CHARS = 20_000
@@ -48,12 +49,10 @@ def read_cases(path: Path) -> list[dict[str, Any]]:
     """Complete records of a cases.jsonl (an unterminated last line, from a killed run, is ignored)."""
     if not path.is_file():
         raise EvalError(f"{path.parent} is not a run directory: no cases.jsonl")
-    text = path.read_text(encoding="utf-8")
-    complete = text[: text.rfind("\n") + 1]
     try:
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
-    except ValueError as exc:
-        raise EvalError(f"{path}: malformed record ({exc})") from exc
+        return read_jsonl_records(path, fix="delete that line, or re-run that case with `eval --resume`").records
+    except MailcascadeError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:

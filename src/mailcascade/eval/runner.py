@@ -29,12 +29,13 @@ import numpy as np
 
 from mailcascade.catalog import Embedder, EmbedderLike, Passage
 from mailcascade.config import Settings, load_settings
-from mailcascade.errors import EvalError
+from mailcascade.errors import EvalError, MailcascadeError
 from mailcascade.eval.baselines import baseline_predictions
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.evalset import EvalSet, check_departments
 from mailcascade.eval.records import case_record, compute_metrics
 from mailcascade.eval.report import write_report
+from mailcascade.jsonl import JsonlContents, cut_torn_line, read_jsonl_records
 from mailcascade.llm.base import LLM
 from mailcascade.llm.cache import CachedLLM
 from mailcascade.pipeline import STAGES, Given, Pipeline
@@ -148,20 +149,12 @@ def gold_hits(case: EvalCase, passages: Sequence[Passage], level: str) -> tuple[
     return tuple(hits)
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Complete records from a cases.jsonl; a torn last line (a killed run) is cut off the file."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
-    records = []
-    for line in data[:end].splitlines():
-        if line.strip():
-            records.append(json.loads(line))
-    return records
+def read_records(path: Path) -> JsonlContents:
+    """The complete records of a cases.jsonl (nothing on disk changes); a damaged line is an EvalError."""
+    try:
+        return read_jsonl_records(path, fix="delete that line to re-run its case with --resume, or use another --out")
+    except MailcascadeError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def run_eval(
@@ -180,8 +173,9 @@ def run_eval(
     if not cases:
         raise EvalError(f"{eval_set.name}: no cases selected")
     records_path = out / "cases.jsonl"
-    done = {r["id"]: r for r in read_records(records_path)}
-    if done and not options.resume:
+    found = read_records(records_path)
+    done = {r["id"]: r for r in found.records}
+    if (done or found.torn) and not options.resume:
         raise EvalError(f"{out} already holds {len(done)} case records; use --resume to continue it, "
                         "or another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +189,7 @@ def run_eval(
     pipeline = Pipeline.from_config(settings=settings, llm=llm, embedder=embedder, router=router, few_shot_pool=pool,
                                     run_id=f"eval:{out.name}:{int(time.time())}")
     run_info = _run_info(eval_set, options, settings, pipeline.prompts, cases, labels, level, out, resume=bool(done))
+    cut_torn_line(records_path, found)  # only now that the run goes on
     todo = [c for c in cases if c.id not in done]
     baselines, baseline_source = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
     passages = pipeline.index.passages if "hits" in options.gold else ()  # type: ignore[attr-defined]
@@ -220,7 +215,7 @@ def run_eval(
 
         asyncio.run(pipeline.arun_many([c.email for c in todo], options.concurrency, done_one,
                                        stages=options.stages, given=given if options.gold else None))
-    records = read_records(records_path)
+    records = read_records(records_path).records
     order = {c.id: i for i, c in enumerate(cases)}
     records.sort(key=lambda r: order.get(r["id"], len(order)))
     metrics = compute_metrics(records, labels=labels, level=level, seed=options.seed,

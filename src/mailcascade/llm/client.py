@@ -42,6 +42,7 @@ class OpenAIClient:
         self._url = _safe_url(settings.base_url.rstrip("/") + "/chat/completions")
         self._timeout = openai.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
         self._lock = threading.Lock()
+        self.breaker = CircuitBreaker(settings.max_consecutive_failures)
         self._sync: openai.OpenAI | None = None
         # one async client per event loop: httpx connection pools must not cross loops
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
@@ -65,12 +66,16 @@ class OpenAIClient:
         try:
             for attempt in Retrying(**self._retry_options()):
                 with attempt:
+                    self.breaker.check()
                     attempts += 1
                     try:
                         raw = client.chat.completions.with_raw_response.create(**kwargs)
+                        data = self._parse(raw.status_code, raw.text)
                     except openai.APIError as exc:
-                        raise self._error(exc) from exc
-                    data = self._parse(raw.status_code, raw.text)
+                        raise self._failed(self._error(exc)) from exc
+                    except LLMError as exc:
+                        raise self._failed(exc) from None
+                    self.breaker.success()
         except LLMError as exc:
             raise self._final(exc, attempts) from exc
         return self._response(data, attempts, start)
@@ -84,12 +89,16 @@ class OpenAIClient:
         try:
             async for attempt in AsyncRetrying(**self._retry_options()):
                 with attempt:
+                    self.breaker.check()
                     attempts += 1
                     try:
                         raw = await client.chat.completions.with_raw_response.create(**kwargs)
+                        data = self._parse(raw.status_code, raw.text)
                     except openai.APIError as exc:
-                        raise self._error(exc) from exc
-                    data = self._parse(raw.status_code, raw.text)
+                        raise self._failed(self._error(exc)) from exc
+                    except LLMError as exc:
+                        raise self._failed(exc) from None
+                    self.breaker.success()
         except LLMError as exc:
             raise self._final(exc, attempts) from exc
         return self._response(data, attempts, start)
@@ -176,14 +185,14 @@ class OpenAIClient:
         return {
             "stop": stop_after_attempt(self._settings.max_retries + 1),
             "wait": self._wait,
-            "retry": retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable),
+            "retry": retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable and not self.breaker.is_open),
             "reraise": True,
         }
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, LLMError) and exc.retry_after is not None:
-            return min(exc.retry_after, self._settings.backoff_max_s)
+            return exc.retry_after  # never earlier than the server asked (longer waits are refused in _failed)
         # exponential backoff with jitter: initial * 2**(n-1) + uniform(0, initial), capped at backoff_max_s
         s = self._settings
         exp = min(state.attempt_number - 1, 60)
@@ -193,19 +202,38 @@ class OpenAIClient:
         """Map an SDK error to LLMError with a message that says where, what, and what the server said."""
         where = f"POST {self._url}"
         if isinstance(exc, openai.APITimeoutError):
-            return LLMError(f"{where}: timed out (timeout {self._settings.timeout_s:g}s)", retryable=True)
+            return LLMError(f"{where}: timed out (timeout {self._settings.timeout_s:g}s)", retryable=True,
+                            code="transport_timeout")
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
             detail = f"{type(cause).__name__}: {cause}" if cause else exc.message
-            return LLMError(self._redact(f"{where}: connection failed: {_snip(detail)}"), retryable=True)
+            return LLMError(self._redact(f"{where}: connection failed: {_snip(detail)}"), retryable=True,
+                            code="connection_error")
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             retryable = status == 429 or status >= 500
             retry_after = _retry_after(exc.response.headers) if retryable else None
             said = _snip(_server_said(exc.body, exc.response.text))
             message = f"{where}: HTTP {status}: {said}" if said else f"{where}: HTTP {status}"
-            return LLMError(self._redact(message), retryable=retryable, status_code=status, retry_after=retry_after)
+            if status in (401, 403):
+                message += " (check llm.api_key / OPENAI_API_KEY)"
+            elif status == 404:
+                message += " (check llm.base_url and llm.model)"
+            code = "rate_limited" if status == 429 else "server_error" if status >= 500 else "client_error"
+            return LLMError(self._redact(message), retryable=retryable, status_code=status, retry_after=retry_after,
+                            code=code)
         return LLMError(self._redact(f"{where}: {_snip(str(exc))}"), retryable=True)
+
+    def _failed(self, error: LLMError) -> LLMError:
+        """Count a failed request towards the circuit breaker; refuse a Retry-After longer than we may wait."""
+        if error.code != "client_error" or error.status_code in ENDPOINT_STATUSES:
+            self.breaker.failure(str(error))
+        limit = self._settings.max_retry_after_s
+        if error.retryable and error.retry_after is not None and error.retry_after > limit:
+            return LLMError(f"{error} (the server asked to retry after {error.retry_after:g}s, longer than "
+                            f"llm.max_retry_after_s = {limit:g}s)", retryable=False, status_code=error.status_code,
+                            retry_after=error.retry_after, code=error.code)
+        return error
 
     def _parse(self, status: int, text: str) -> dict[str, Any]:
         where = f"POST {self._url}: malformed response (HTTP {status})"
@@ -241,16 +269,61 @@ class OpenAIClient:
         )
 
     def _final(self, exc: LLMError, attempts: int) -> LLMError:
+        if exc.code == "circuit_open" and attempts == 0:
+            return exc
         tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-        note = f" (gave up after {tries})" if exc.retryable else f" ({tries}; not retried)"
+        note = f" (gave up after {tries})" if exc.retryable or self.breaker.is_open else f" ({tries}; not retried)"
         return LLMError(str(exc) + note, retryable=exc.retryable, status_code=exc.status_code,
-                        retry_after=exc.retry_after, attempts=attempts)
+                        retry_after=exc.retry_after, attempts=attempts, code=exc.code)
 
     def _redact(self, text: str) -> str:
         key = self._settings.api_key
         if len(key) >= 6 and key != "not-needed":
             text = text.replace(key, "***")
+        password = urlsplit(self._settings.base_url).password
+        if password:
+            text = text.replace(password, "***")
         return text
+
+
+# 4xx answers that say the endpoint itself is wrong (bad key, no such model or path): every call will fail alike
+ENDPOINT_STATUSES = frozenset({401, 403, 404, 405})
+
+
+class CircuitBreaker:
+    """Opens after `limit` failed requests in a row (any success closes the count); while open, no request is sent.
+
+    Transport failures (timeouts, refused connections, 5xx, 429) and endpoint-level 4xx count; a 400 or 422 for one
+    bad request does not. One breaker per client, shared by every thread and task using it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+        self._last = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._in_a_row >= self.limit
+
+    @property
+    def reason(self) -> str:
+        return (f"not sent: the model endpoint failed {self._in_a_row} times in a row "
+                f"(llm.max_consecutive_failures = {self.limit}); last error: {self._last}")
+
+    def check(self) -> None:
+        if self.is_open:
+            raise LLMError(self.reason, retryable=False, attempts=0, code="circuit_open")
+
+    def success(self) -> None:
+        with self._lock:
+            self._in_a_row = 0
+
+    def failure(self, message: str) -> None:
+        with self._lock:
+            self._in_a_row += 1
+            self._last = message
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

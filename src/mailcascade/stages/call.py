@@ -108,17 +108,21 @@ class Call:
             self.messages += [("assistant", response.text), ("user", reask_message(verdict, self.schema, self.context))]
         return True
 
-    def record(self, model: str, input_hash: str, started: float, error: str = "") -> StageRecord:
-        ok = self.accepted and not error
+    def record(self, model: str, input_hash: str, started: float, lost: LLMError | None = None) -> StageRecord:
+        """The stage's trace; `lost` is the model error that ended the call without an answer, if any."""
+        ok = self.accepted and lost is None
+        error = f"{self.stage}: model call failed: {lost}" if lost else f"{self.stage}: {self.stop_reason}"
         return StageRecord(
             stage=self.stage,
-            status="ok" if ok else "failed",
+            status="ok" if ok else "error" if lost else "failed",
             prompt_hash=self.prompt.hash,
             model=model,
             attempts=tuple(self.attempts),
             input_hash=input_hash,
             latency_ms=(time.perf_counter() - started) * 1000,
-            error="" if ok else (error or f"{self.stage}: {self.stop_reason}"),
+            error="" if ok else error,
+            error_code=lost.code if lost else "",
+            lost_http_attempts=lost.attempts if lost else 0,
         )
 
 
@@ -138,7 +142,7 @@ def run_call(call: Call, llm: LLM, input_hash: str) -> StageRecord:
             if attempt.retry_state.outcome and not attempt.retry_state.outcome.failed:
                 attempt.retry_state.set_result(again)
     except LLMError as exc:
-        return call.record(llm.model, input_hash, started, error=f"{call.stage}: model call failed: {exc}")
+        return call.record(llm.model, input_hash, started, lost=exc)
     return call.record(llm.model, input_hash, started)
 
 
@@ -151,7 +155,7 @@ async def arun_call(call: Call, llm: LLM, input_hash: str) -> StageRecord:
             if attempt.retry_state.outcome and not attempt.retry_state.outcome.failed:
                 attempt.retry_state.set_result(again)
     except LLMError as exc:
-        return call.record(llm.model, input_hash, started, error=f"{call.stage}: model call failed: {exc}")
+        return call.record(llm.model, input_hash, started, lost=exc)
     return call.record(llm.model, input_hash, started)
 
 

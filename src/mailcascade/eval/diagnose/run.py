@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mailcascade.catalog import EmbedderLike, Passage
-from mailcascade.config import Settings, load_settings, settings_from_dict
+from mailcascade.config import Settings, load_settings, mask_url, settings_from_dict
 from mailcascade.eval.diagnose.alarms import Alarm
 from mailcascade.eval.diagnose.collect import diagnose_records
 from mailcascade.eval.diagnose.curves import learning_curve, router_learning_curve
@@ -142,7 +142,10 @@ class Diagnoser:
     def _settings(self) -> Settings:
         stored = settings_from_dict(self.info["settings"])
         current = load_settings(None)  # connection details (and the secret the run did not store) come from now
-        return stored.replace(llm=dataclasses.replace(stored.llm, api_key=current.llm.api_key))
+        # run.json stores the URL with its password masked: take the live one when it is the same endpoint
+        live = current.llm.base_url
+        base_url = live if mask_url(live) == stored.llm.base_url else stored.llm.base_url
+        return stored.replace(llm=dataclasses.replace(stored.llm, api_key=current.llm.api_key, base_url=base_url))
 
     # -- re-runs ------------------------------------------------------------------------------------------
     def rerun(self, variant: Variant, case_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
