@@ -130,3 +130,64 @@ def test_a_run_killed_with_sigkill_resumes_with_every_case_exactly_once(tmp_path
     ids = [r["id"] for r in read_records(records).records]
     assert len(ids) == 43 and len(set(ids)) == 43
     assert json.loads((out / "run.json").read_text())["resumed"] == 1
+
+
+def test_a_damaged_line_in_cases_jsonl_is_one_clear_error(tmp_path: Path) -> None:
+    from mailcascade.errors import EvalError
+
+    with FakeServer(sensible) as server:
+        first = run(server, tmp_path, "x", EvalOptions(progress=False, limit=3))
+        lines = (first / "cases.jsonl").read_text().splitlines()
+        (first / "cases.jsonl").write_text("\n".join([lines[0], '{"id": "broken', *lines[1:]]) + "\n")
+        with pytest.raises(EvalError, match=r"cases.jsonl:2: not a JSON record .*delete that line"):
+            run(server, tmp_path, "x", EvalOptions(progress=False, limit=3, resume=True))
+
+
+def test_a_torn_last_line_is_kept_when_the_command_refuses(tmp_path: Path) -> None:
+    from mailcascade.errors import EvalError
+
+    with FakeServer(sensible) as server:
+        first = run(server, tmp_path, "x", EvalOptions(progress=False, limit=3))
+        cases = first / "cases.jsonl"
+        cases.write_text(cases.read_text() + '{"id": "torn", "sta')
+        before = cases.read_bytes()
+        with pytest.raises(EvalError, match="--resume"):  # no --resume: refused, nothing changed on disk
+            run(server, tmp_path, "x", EvalOptions(progress=False, limit=3))
+        with pytest.raises(EvalError, match="another selection"):  # refused for another reason: still unchanged
+            run(server, tmp_path, "x", EvalOptions(progress=False, limit=2, resume=True))
+        assert cases.read_bytes() == before
+        run(server, tmp_path, "x", EvalOptions(progress=False, limit=3, resume=True))
+    assert [r["id"] for r in read_records(cases).records] == [json.loads(line)["id"] for line in
+                                                            before.decode().splitlines()[:3]]
+
+
+def test_transport_failures_never_lower_a_model_metric_and_retry_errors_reruns_them(tmp_path: Path) -> None:
+    import hashlib
+
+    from fakes import last_user
+    from fakeserver import Status
+
+    def half_dead(body: dict[str, object]) -> object:  # a third of the emails never get an answer
+        unlucky = hashlib.md5(last_user(body).encode()).digest()[0] % 3 == 0  # type: ignore[arg-type]
+        return Status(503) if unlucky else sensible(body)  # type: ignore[arg-type]
+
+    with FakeServer(sensible) as healthy:
+        clean = run(healthy, tmp_path, "clean", EvalOptions(progress=False, limit=12, stages=("route",)))
+    with FakeServer(half_dead) as flaky:  # type: ignore[arg-type]
+        hurt = run(flaky, tmp_path, "hurt", EvalOptions(progress=False, limit=12, stages=("route",)))
+    good = json.loads((clean / "metrics.json").read_text())
+    bad = json.loads((hurt / "metrics.json").read_text())
+    assert bad["infrastructure"]["n_cases"] > 0 and set(bad["infrastructure"]["codes"]) == {"server_error"}
+    records = read_records(hurt / "cases.jsonl").records
+    errored = [r for r in records if any(s["status"] == "error" for s in r["stages"])]
+    assert len(errored) == bad["infrastructure"]["n_cases"]
+    # scored only on cases that got an answer: the same per-case outcomes as the healthy run on those cases
+    assert bad["routing"]["n"] == good["routing"]["n"] - len(errored)
+    funnel = bad["validator"]["route"]
+    assert funnel["failed"] == 0 and funnel["calls"] == 12 - len(errored)
+    with FakeServer(sensible) as healthy:
+        fixed = run(healthy, tmp_path, "hurt", EvalOptions(progress=False, limit=12, stages=("route",), resume=True,
+                                                           retry_errors=True))
+    after = json.loads((fixed / "metrics.json").read_text())
+    assert after["infrastructure"]["n_cases"] == 0 and after["routing"]["accuracy"] == good["routing"]["accuracy"]
+    assert len(read_records(fixed / "cases.jsonl").records) == 12

@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stages", default=",".join(_STAGES), help="stages to run, comma-separated (default: all)")
     ev.add_argument("--gold", default="", help="upstream outputs taken from the labels: department,hits")
     ev.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    ev.add_argument("--retry-errors", action="store_true", help="with --resume: also re-run the cases whose model "
+                    "call got no answer (timeouts, refused connections, 5xx: stage status error)")
+    ev.add_argument("--tuned-on-eval", action="store_true", help="say that settings (a threshold, a prompt) were "
+                    "chosen by looking at this eval set: recorded in the run, and diagnose warns about it")
     ev.add_argument("--concurrency", type=positive_int, help="cases in flight at once (default: config)")
     ev.add_argument("--data-dir", metavar="DIR", help="where the public datasets are (default: "
                     "$MAILCASCADE_DATA_DIR or ../shared/data)")
@@ -386,7 +390,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     eval_set = load_eval_set(args.evalset, data_dir=args.data_dir)
     options = EvalOptions(
         stages=_csv(args.stages, _STAGES, "--stages"), limit=args.limit, sample=args.sample, seed=args.seed,
-        concurrency=args.concurrency, resume=args.resume, progress=not args.no_progress,
+        concurrency=args.concurrency, resume=args.resume, retry_errors=args.retry_errors,
+        tuned_on="eval" if args.tuned_on_eval else "", progress=not args.no_progress,
         gold=_csv(args.gold, ("department", "hits"), "--gold"),
         data_dir=str(resolve_data_dir(args.data_dir)[0].resolve()),
     )

@@ -174,6 +174,11 @@ def header(info: Mapping[str, Any], metrics: Mapping[str, Any], records: Sequenc
         ["relevance level", info.get("relevance_level")],
         ["stages", ", ".join((info.get("options") or {}).get("stages") or [])],
     ]
+    infra = metrics.get("infrastructure") or {}
+    if infra.get("n_cases"):
+        codes = ", ".join(f"{c}={n}" for c, n in (infra.get("codes") or {}).items())
+        rows.append(["infrastructure errors", f"{infra['n_cases']} cases ({infra['rate']:.1%}: {codes}); not model "
+                     "outputs, left out of every model metric; `eval --resume --retry-errors` re-runs them"])
     gold = (info.get("options") or {}).get("gold")
     if gold:
         rows.append(["gold upstream input", ", ".join(gold)])
@@ -431,6 +436,11 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     """Plain-text summary for the terminal: headline metrics with CIs and baselines, validator funnel, cost."""
     names, rows = headline_rows(metrics)
     lines = [f"cases: {metrics.get('n_cases')}   failed: {metrics.get('n_failed')}", ""]
+    infra = metrics.get("infrastructure") or {}
+    if infra.get("n_cases"):
+        codes = ", ".join(f"{c}={n}" for c, n in infra["codes"].items())
+        lines[-1:] = [f"infrastructure errors: {infra['n_cases']} cases ({infra['rate']:.1%}; {codes}), left out of "
+                      "every model metric below; `eval --resume --retry-errors --out RUN` re-runs them", ""]
     header_row = f"{'metric':<30}{'value':>8}  {'95% CI':<18}" + "".join(f"{n:>15}" for n in names)
     lines += [header_row, "-" * len(header_row)]
     for label, value, ci, *base in rows:

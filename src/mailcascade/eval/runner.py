@@ -53,6 +53,8 @@ class EvalOptions:
     seed: int = 0
     concurrency: int | None = None
     resume: bool = False
+    retry_errors: bool = False  # with resume: run again the cases that got no answer from the model (status error)
+    tuned_on: str = ""  # what the settings were tuned on, if not the train split ("eval": chosen on this eval set)
     progress: bool = True
     gold: tuple[str, ...] = ()  # upstream outputs to take from the labels: "department", "hits" (ceiling runs)
     data_dir: str | None = None  # where the eval set's data was read from (recorded so diagnose can reload it)
@@ -175,6 +177,9 @@ def run_eval(
     records_path = out / "cases.jsonl"
     found = read_records(records_path)
     done = {r["id"]: r for r in found.records}
+    if options.retry_errors and not options.resume:
+        raise EvalError("--retry-errors needs --resume --out RUN (the run whose infrastructure errors to re-run)")
+    errored = {i for i, r in done.items() if options.retry_errors and _infrastructure_error(r)}
     if (done or found.torn) and not options.resume:
         raise EvalError(f"{out} already holds {len(done)} case records; use --resume to continue it, "
                         "or another --out")
@@ -190,6 +195,9 @@ def run_eval(
                                     run_id=f"eval:{out.name}:{int(time.time())}")
     run_info = _run_info(eval_set, options, settings, pipeline.prompts, cases, labels, level, out, resume=bool(done))
     cut_torn_line(records_path, found)  # only now that the run goes on
+    if errored:
+        _write_jsonl(records_path, [r for i, r in done.items() if i not in errored])
+        done = {i: r for i, r in done.items() if i not in errored}
     todo = [c for c in cases if c.id not in done]
     baselines, baseline_source = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
     passages = pipeline.index.passages if "hits" in options.gold else ()  # type: ignore[attr-defined]
@@ -269,6 +277,16 @@ def _run_info(
     }
     _write_json(path, info)
     return info
+
+
+def _infrastructure_error(record: Mapping[str, Any]) -> bool:
+    return any(s.get("status") == "error" for s in record.get("stages") or [])
+
+
+def _write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
