@@ -190,3 +190,24 @@ def test_given_outputs_replace_stages(tmp_path: Path, index) -> None:  # type: i
     assert "gold passage" in bodies[0]["messages"][0]["content"]
     assert [s.status for s in result.stages] == ["given", "given", "ok"]
     assert result.draft is not None and result.draft.product_ids == ("P001",)
+
+
+def test_a_cache_only_rerun_adds_no_calls_or_tokens_to_the_failure_log(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    from mailcascade.failures import code_stats, funnel, load_rows
+    from mailcascade.llm.cache import CachedLLM
+
+    with FakeServer(lambda body: Reply("Sure! " + (ROUTE_OK if stage_of(body) == "route" else DRAFT_OK))) as server:
+        settings = Settings().replace(llm=LLMSettings(base_url=server.base_url, model="fake-model"))
+        store = Store(tmp_path / "log.db")
+        llm = CachedLLM(OpenAIClient(settings.llm), store, "fake")
+        prompts = load_prompts(settings.prompts_path())
+        first = Pipeline(settings, llm, prompts, store=store, index=index, run_id="one").run(EMAIL)
+        again = Pipeline(settings, llm, prompts, store=store, index=index, run_id="two").run(EMAIL)
+        sent = len(server.chat_requests)
+    assert first.status == again.status == "ok" and sent == 2
+    rows = load_rows(store)
+    stats = funnel(rows)
+    assert sum(row["calls"] for row in stats.values()) == 2  # one route and one draft call, not four
+    tokens = sum(s.tokens_in + s.tokens_out for s in first.stages)
+    assert sum(row["tokens"] for row in stats.values()) == tokens
+    assert sum(s["outputs"] for s in code_stats(rows) if s["code"] == "prefix_text") == 2

@@ -15,13 +15,17 @@ Row = Mapping[str, Any]
 
 
 def _calls(rows: Iterable[Row]) -> dict[tuple[str, str, str], list[Row]]:
-    """Group attempt rows into stage calls: (run, email, stage) -> attempts in order."""
+    """Group attempt rows into stage calls: (run, email, stage) -> attempts in order.
+
+    A call answered from the LLM cache is left out: its verdicts were logged when the model gave them, and a re-run
+    from the cache is not a new call and cost no tokens.
+    """
     calls: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for row in rows:
         calls[(row["run_id"], row["email_id"], row["stage"])].append(row)
     for attempts in calls.values():
         attempts.sort(key=lambda r: r["attempt"])
-    return calls
+    return {key: attempts for key, attempts in calls.items() if not attempts[0].get("cached")}
 
 
 def outcome(accepted_at: int | None, first_status: str) -> str:
@@ -47,7 +51,7 @@ def funnel(rows: Iterable[Row]) -> dict[str, dict[str, Any]]:
                                    "calls": 0, "clean_first": 0, "repaired_first": 0, "lossy_first": 0,
                                    "rescued_at": Counter(), "failed": 0, "tokens": 0})
         row["calls"] += 1
-        row["tokens"] += sum(a["tokens_in"] + a["tokens_out"] for a in attempts)
+        row["tokens"] += sum(a["tokens_in"] + a["tokens_out"] for a in attempts if not a.get("cached"))
         accepted_at = next((a["attempt"] for a in attempts if a["action"] == "accept"), None)
         where = outcome(accepted_at, first["status"])
         if where == "rescued":
