@@ -145,10 +145,10 @@ def test_report_has_sections_charts_and_nothing_external(tmp_path: Path) -> None
 
 def test_report_escapes_raw_outputs_and_lists_worst_cases_first_by_confidence(tmp_path: Path) -> None:
     html = write_report(write_run(tmp_path / "run", sample_records())).read_text(encoding="utf-8")
-    assert "<script>" not in html
+    assert html.count("<script>") == 1  # the page's own case browser; the model's script is escaped
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
     assert re.search(r"<details><summary>route attempt 1: clean.*?</summary><pre>Sure! &lt;script&gt;", html)
-    worst = html[html.index('<section id="worst">'):]
+    worst = html[html.index('<section id="worst">'):html.index('<section id="cases">')]
     # c2 (wrong, 0.97) before c3 (wrong, 0.55) before the failures (c4 route, c5 draft), then misses (c6)
     order = [worst.index(f"<code>{c}</code>") for c in ("c2", "c3", "c4", "c5", "c6")]
     assert order == sorted(order)
@@ -194,7 +194,8 @@ def test_diagnosis_section_renders_alarms_ceiling_and_curves(tmp_path: Path) -> 
     run = write_run(tmp_path / "run", sample_records(), metrics_extra={"diagnosis": diagnosis})
     html = write_report(run).read_text(encoding="utf-8")
     part = html[html.index('<section id="diagnosis">'):html.index('<section id="routing">')]
-    assert "Router &lt;below&gt; majority" in part and "c2, c3" in part and "alarm-error" in part
+    assert "Router &lt;below&gt; majority" in part and "alarm-error" in part
+    assert '<a href="#case-c2"><code>c2</code></a>, <a href="#case-c3"><code>c3</code></a>' in part
     titles = [ET.fromstring(c).findtext("title") for c in svgs(part)]
     assert titles == ["Ceiling analysis", "Learning curve: router examples"]
     assert "0.900" in part and "recall@5" in part
@@ -254,6 +255,30 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert "Routing confusion matrix" in dom and 'class="cell"' in dom
 
 
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None,
+                    reason="Chromium is not installed at /usr/bin/chromium")
+def test_following_an_alarm_link_opens_the_case_in_chromium(tmp_path: Path) -> None:
+    records = sample_records()
+    records[1]["email"] = {"subject": "Parcel missing", "body": "It never came.", "from": "a@b.c"}
+    alarm = {"name": "label_noise", "level": "warn", "title": "t", "explanation": "e", "cases": ["c2"]}
+    path = write_report(write_run(tmp_path / "run", records, metrics_extra={"diagnosis": {"alarms": [alarm]}}))
+    html = path.read_text(encoding="utf-8")
+    link = re.search(r'<div class="alarm-warn">.*?href="(#case-c2)"', html, flags=re.S)
+    assert link is not None
+    done = subprocess.run([str(CHROMIUM), "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
+                           "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}",
+                           "--dump-dom", path.as_uri() + link.group(1)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    case = re.search(r'<tbody class="case open" id="case-c2".*?</tbody>', done.stdout, flags=re.S)
+    assert case is not None, "the linked case did not open"
+    detail = case.group(0)
+    assert '<tr class="detail">' in detail  # no longer hidden
+    assert "Parcel missing" in detail and "It never came." in detail and "route attempt 1" in detail
+    assert done.stdout.count('<tbody class="case open"') == 1  # only that one
+
+
 def test_report_tolerates_sparse_runs_and_partial_diagnosis(tmp_path: Path) -> None:
     empty = write_run(tmp_path / "empty", [])
     html = write_report(empty).read_text(encoding="utf-8")
@@ -268,3 +293,31 @@ def test_report_tolerates_sparse_runs_and_partial_diagnosis(tmp_path: Path) -> N
     charts = [ET.fromstring(c) for c in svgs(part)]
     assert [c.findtext("title") for c in charts] == ["Ceiling analysis", "Learning curve: catalogue size"]
     assert len(list(charts[1].iter("circle"))) == 2  # the point without a value is left out
+
+
+def test_every_case_is_in_the_case_table_with_filters_and_links_from_alarms(tmp_path: Path) -> None:
+    records = sample_records()
+    records[1]["email"] = {"subject": "Where <is> my parcel?", "body": "It never came.", "from": "a@b.c"}
+    alarm = {"name": "label_noise", "level": "warn", "title": "t", "explanation": "e", "cases": ["c2", "c5"]}
+    html = write_report(write_run(tmp_path / "run", records,
+                                  metrics_extra={"diagnosis": {"alarms": [alarm]}})).read_text(encoding="utf-8")
+    cases = html[html.index('<section id="cases">'):]
+    bodies = re.findall(r'<tbody class="case" id="(case-[^"]+)"([^>]*)>', cases)
+    assert [ident for ident, _ in bodies] == [f"case-c{i}" for i in range(1, 7)]
+    attrs = dict(bodies)
+    assert 'data-outcome="wrong"' in attrs["case-c2"] and 'data-alarm="label_noise"' in attrs["case-c2"]
+    assert 'data-outcome="failed"' in attrs["case-c4"] and 'data-code="prefix_text"' in attrs["case-c2"]
+    assert 'data-gold="shipping"' in attrs["case-c2"] and 'data-pred="orders"' in attrs["case-c2"]
+    for key in ("outcome", "gold", "pred", "code", "alarm"):
+        assert f'<select data-filter="{key}">' in cases
+    assert 'Where &lt;is&gt; my parcel?' in cases and "It never came." in cases  # the email, escaped
+    assert "reference reply" in cases and "thanks for your order" in cases
+    diagnosis = html[html.index('<section id="diagnosis">'):html.index('<section id="routing">')]
+    for target in re.findall(r'href="#(case-[^"]+)"', diagnosis):
+        assert target in attrs  # every alarm link lands on a case row
+
+
+def test_a_case_with_an_odd_id_gets_a_safe_anchor() -> None:
+    from mailcascade.eval.report_cases import case_anchor
+
+    assert case_anchor("data/x.jsonl:7 a") == "case-data_x_jsonl_7_a"

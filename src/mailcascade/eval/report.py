@@ -13,6 +13,8 @@ from typing import Any
 from mailcascade.errors import EvalError, MailcascadeError
 from mailcascade.eval import svg
 from mailcascade.eval.records import compute_metrics
+from mailcascade.eval.report_cases import CSS as CASES_CSS
+from mailcascade.eval.report_cases import case_link, cases_section
 from mailcascade.jsonl import read_jsonl_records
 
 MAX_WORST = 20
@@ -26,7 +28,7 @@ h1{margin-bottom:4px}h2{border-bottom:2px solid #2b6cb0;padding-bottom:3px;margi
 nav a{margin-right:12px}table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}
 th{background:#f0f4f8}td:first-child,th:first-child{text-align:left}
-.note{color:#666;font-size:13px}.case{border:1px solid #ddd;border-radius:4px;padding:6px 12px;margin:10px 0}
+.note{color:#666;font-size:13px}.worst{border:1px solid #ddd;border-radius:4px;padding:6px 12px;margin:10px 0}
 .tag{background:#fed7d7;border-radius:3px;padding:1px 6px;font-size:12px;font-weight:normal}
 .alarm-warn{border-left:4px solid #dd6b20;padding-left:8px}.alarm-error{border-left:4px solid #c53030;padding-left:8px}
 .alarm-info{border-left:4px solid #2b6cb0;padding-left:8px}
@@ -106,10 +108,15 @@ def ci_text(ci: Sequence[float] | None) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–"
 
 
+class Html(str):
+    """A table cell that is already HTML (links), not text to escape."""
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     head = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""
-    body = "".join("<tr>" + "".join(f"<td>{escape(num(v))}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{v if isinstance(v, Html) else escape(num(v))}</td>" for v in row) + "</tr>"
+                   for row in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
@@ -308,7 +315,7 @@ def case_html(rank: int, why: str, r: Mapping[str, Any], level: str) -> str:
         rows.append(["relevant / retrieved top 5", relevant, ", ".join(h[key] for h in (r.get("retrieved") or [])[:5])])
     if draft is not None or any(s["stage"] == "draft" for s in r.get("stages", [])):
         rows.append(["draft", "valid", "valid" if draft else "invalid"])
-    parts = [f'<div class="case" id="case-{rank}"><h3>{rank}. <code>{escape(str(r["id"]))}</code> '
+    parts = [f'<div class="worst" id="worst-{rank}"><h3>{rank}. {case_link(r["id"])} '
              f'<span class="tag">{escape(why)}</span></h3>', table(["", "expected", "predicted"], rows)]
     if r.get("error"):
         parts.append(note(f"error: {r['error']}"))
@@ -349,10 +356,10 @@ def alarms_html(alarms: Sequence[Mapping[str, Any]]) -> str:
     body = ""
     for alarm in alarms:
         level = str(alarm.get("level", "info"))
-        cases = ", ".join(str(c) for c in alarm.get("cases") or [])
+        cases = ", ".join(case_link(c) for c in alarm.get("cases") or [])
         body += (f'<div class="alarm-{escape(level)}"><h3>{escape(level.upper())}: {escape(str(alarm.get("title")))}'
                  f' <code>{escape(str(alarm.get("name")))}</code></h3><p>{escape(str(alarm.get("explanation")))}</p>'
-                 + (f"<p>cases: <code>{escape(cases)}</code></p>" if cases else "") + "</div>")
+                 + (f"<p>cases: {cases}</p>" if cases else "") + "</div>")
     return body or note("No alarms raised.")
 
 
@@ -394,7 +401,8 @@ def diagnosis_section(diag: Mapping[str, Any]) -> str:
     if attribution:
         body += "<h3>First failing stage</h3>" + table(
             ["stage", "cases", "ids"],
-            [[stage, a.get("n"), ", ".join(map(str, (a.get("cases") or [])[:30]))] for stage, a in attribution.items()])
+            [[stage, a.get("n"), Html(", ".join(case_link(c) for c in (a.get("cases") or [])[:30]))]
+             for stage, a in attribution.items()])
     ablations = [a for a in diag.get("ablations") or [] if isinstance(a, Mapping)]
     if ablations:
         body += "<h3>Ablations (same cases, paired bootstrap)</h3>" + table(
@@ -424,11 +432,14 @@ def render_report(info: Mapping[str, Any], metrics: Mapping[str, Any], records: 
         parts.append(("validator", "Validator", validator_section(metrics["validator"])))
     if metrics.get("cost"):
         parts.append(("cost", "Cost", cost_section(metrics["cost"], info)))
-    parts.append(("worst", "Worst cases", worst_section(records, str(info.get("relevance_level", "product")))))
+    level = str(info.get("relevance_level", "product"))
+    parts.append(("worst", "Worst cases", worst_section(records, level)))
+    diagnosis = metrics.get("diagnosis") if isinstance(metrics.get("diagnosis"), Mapping) else {}
+    parts.append(("cases", "Cases", cases_section(records, level, (diagnosis or {}).get("alarms") or [])))
     nav = "<nav>" + "".join(f'<a href="#{ident}">{escape(title)}</a>' for ident, title, _ in parts) + "</nav>"
     title = escape(str((info.get("eval_set") or {}).get("name") or info.get("name") or "run"))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>mailcascade eval: {title}</title>'
-            f"<style>{CSS}</style></head><body>{header(info, metrics, records)}{nav}"
+            f"<style>{CSS}{CASES_CSS}</style></head><body>{header(info, metrics, records)}{nav}"
             + "".join(body for _, _, body in parts) + "</body></html>\n")
 
 

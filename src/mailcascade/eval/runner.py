@@ -217,6 +217,8 @@ def run_eval(
             record = case_record(case, result, level=level, baselines=baselines[case.id],
                                  embed_sim=_embed_sim(vectors, result, case), labels=labels,
                                  passage_products=passage_products)
+            # the user's own labelled data: kept in the run so the report can show each case's email
+            record["email"] = {"subject": case.email.subject, "body": case.email.body, "from": case.email.sender}
             sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()  # in the OS's hands: a killed process loses nothing that was flushed
             progress.advance(failed=result.status == "failed")
