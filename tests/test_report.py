@@ -321,3 +321,12 @@ def test_a_case_with_an_odd_id_gets_a_safe_anchor() -> None:
     from mailcascade.eval.report_cases import case_anchor
 
     assert case_anchor("data/x.jsonl:7 a") == "case-data_x_jsonl_7_a"
+
+
+def test_a_knn_run_shows_no_llm_model_or_prompt_hashes(tmp_path: Path) -> None:
+    records = [make_record(f"k{i}", "orders", "orders") for i in range(3)]
+    for r in records:
+        r["stages"] = [{**stage("route"), "model": "knn"}]
+    html = write_report(write_run(tmp_path / "run", records)).read_text(encoding="utf-8")
+    head = html[:html.index("<nav>")]
+    assert "no LLM call (knn)" in head and "prompt route" not in head and "tiny-model" not in head

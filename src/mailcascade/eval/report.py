@@ -172,12 +172,15 @@ def headline_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[Any]
 def header(info: Mapping[str, Any], metrics: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> str:
     eval_set = info.get("eval_set") or {}
     model = ((info.get("settings") or {}).get("llm") or {}).get("model")
+    # the stages that called a model (a k-NN route or retrieval has no prompt and names its index or "knn")
+    llm_stages = sorted({s["stage"] for r in records for s in r.get("stages", []) if s.get("prompt_hash")})
     seen = sorted({s["model"] for r in records for s in r.get("stages", []) if s.get("model")})
     rows: list[list[Any]] = [
         ["eval set", eval_set.get("name") or info.get("name")],
         ["cases", f"{metrics.get('n_cases')} of {eval_set.get('n_cases', '?')} ({metrics.get('n_failed')} failed)"],
         ["date", f"{when(info.get('created'))} (finished {when(info.get('finished'))})"],
-        ["model", model if not seen or seen == [model] else f"{model} (records: {', '.join(seen)})"],
+        ["model", (model if seen == [model] else f"{model} (records: {', '.join(seen)})") if llm_stages
+         else f"no LLM call ({', '.join(seen) or 'no model'})"],
         ["relevance level", info.get("relevance_level")],
         ["stages", ", ".join((info.get("options") or {}).get("stages") or [])],
     ]
@@ -190,7 +193,8 @@ def header(info: Mapping[str, Any], metrics: Mapping[str, Any], records: Sequenc
     if gold:
         rows.append(["gold upstream input", ", ".join(gold)])
     for name, p in sorted((info.get("prompts") or {}).items()):
-        rows.append([f"prompt {name}", f"{p.get('hash')} (version {p.get('version')})"])
+        if name in llm_stages:
+            rows.append([f"prompt {name}", f"{p.get('hash')} (version {p.get('version')})"])
     return f"<h1>mailcascade eval: {escape(str(rows[0][1]))}</h1>" + table(["", ""], rows)
 
 
