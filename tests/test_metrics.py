@@ -381,3 +381,23 @@ def test_mcnemar_known_tables() -> None:
     big = mcnemar([True] * 950 + [False] * 1050, [False] * 950 + [True] * 1050)
     assert big == pytest.approx(math.erfc(math.sqrt(99**2 / 2000 / 2)), abs=2e-3)
     assert mcnemar([True] * 600 + [False] * 600, [False] * 600 + [True] * 600) == 1.0
+
+
+def test_rouge_l_is_the_published_definition_with_stemming() -> None:
+    # rouge-score's rougeL with its Porter stemmer: "ordering" and "orders" both stem to "order"
+    assert rouge_l("thanks for ordering", "thanks for your orders") == pytest.approx(2 * (3 / 3) * (3 / 4) / (1 + 3 / 4))
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    pairs = [("We shipped the boots today.", "Your boots were shipped today."), ("a b", "c d")]
+    for draft, reference in pairs:
+        assert rouge_l(draft, reference) == scorer.score(reference, draft)["rougeL"].fmeasure
+
+
+def test_mcnemar_matches_scipy_exact_binomial() -> None:
+    from scipy.stats import binomtest
+
+    a = [True] * 30 + [False] * 8 + [True] * 50
+    b = [False] * 30 + [True] * 8 + [True] * 50
+    assert mcnemar(a, b) == pytest.approx(binomtest(8, 38, 0.5).pvalue)
+    assert mcnemar([True, False], [True, False]) == 1.0

@@ -15,42 +15,25 @@ Conventions:
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mailcascade.eval.stats import mean_or_none, percentiles
 
-_WORD = re.compile(r"\w+")
 
+@functools.cache
+def _rouge() -> Any:
+    from rouge_score import rouge_scorer
 
-def tokens(text: str) -> list[str]:
-    """Lowercased word tokens (runs of letters, digits and underscores) used by ROUGE-L."""
-    return _WORD.findall(text.lower())
-
-
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F1 between two texts: LCS of lowercased word tokens, 2PR / (P + R). 0.0 if either has no tokens."""
-    ta, tb = tokens(a), tokens(b)
-    if not ta or not tb:
-        return 0.0
-    lcs = _lcs_length(ta, tb)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(ta), lcs / len(tb)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 as published figures compute it: the `rouge-score` package, rougeL with its Porter stemmer
+    (sentence-level LCS, not rougeLsum). 0.0 if either text has no tokens."""
+    score: float = _rouge().score(b, a)["rougeL"].fmeasure
+    return score
 
 
 def _map_ids(ids: Sequence[str], mapping: Mapping[str, str] | None) -> list[str]:

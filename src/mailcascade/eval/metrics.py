@@ -6,7 +6,7 @@ never NaN) and are deterministic. The conventions are documented in the module e
 
 from __future__ import annotations
 
-from mailcascade.eval.drafting import drafting_case, drafting_metrics, rouge_l, tokens
+from mailcascade.eval.drafting import drafting_case, drafting_metrics, rouge_l
 from mailcascade.eval.retrieval import DEFAULT_KS, first_positions, retrieval_case, retrieval_metrics
 from mailcascade.eval.routing import INVALID, accuracy, macro_f1, routing_correct, routing_metrics
 from mailcascade.eval.stats import bootstrap_ci, bootstrap_metric, mcnemar, mean_or_none, paired_bootstrap, percentiles
@@ -30,5 +30,4 @@ __all__ = [
     "rouge_l",
     "routing_correct",
     "routing_metrics",
-    "tokens",
 ]

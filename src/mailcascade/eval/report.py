@@ -226,7 +226,8 @@ def retrieval_section(retrieval: Mapping[str, Any]) -> str:
     chart = svg.line_chart(series, title="Retrieval metrics over k", x_label="k", y_label="score")
     rows = [[f"k={k}", *(retrieval.get(f"{key}@{k}") for key, _ in names)] for k in ks]
     text = (f"{retrieval['n_scored']} cases scored, {retrieval['n_without_relevant']} without relevant ids; "
-            f"MRR {num(retrieval.get('mrr'))}.")
+            f"MRR {num(retrieval.get('mrr'))}. nDCG@k: gain 2^grade - 1, discount 1 / log2(rank + 1), normalised by "
+            "the ideal order of the case's own grades; recall@k: relevant ids in the top k / all relevant ids.")
     return section("retrieval", "Retrieval", note(text) + chart + table(["k", *(n for _, n in names)], rows))
 
 
@@ -242,7 +243,10 @@ def drafting_section(d: Mapping[str, Any]) -> str:
         ["length (words), mean", d.get("length_mean"),
          f"p50 {num(d.get('length_p50'), 1)}, p95 {num(d.get('length_p95'), 1)}"],
     ]
-    return section("drafting", "Drafting", table(["metric", "value", "over"], rows))
+    definitions = ("ROUGE-L: F1 of rougeL (sentence-level longest common subsequence) from the rouge-score package "
+                   "with its Porter stemmer, draft against the reference reply; a case with a reference and no valid "
+                   "draft scores 0. Embedding similarity: cosine of the two texts' sentence embeddings.")
+    return section("drafting", "Drafting", table(["metric", "value", "over"], rows) + note(definitions))
 
 
 def validator_section(funnel: Mapping[str, Any]) -> str:
