@@ -286,6 +286,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_index_build(args: argparse.Namespace) -> int:
     from mailcascade.catalog import Embedder, rebuild_index
+    from mailcascade.progress import PhaseBar
 
     settings = _settings(args)
     changes: dict[str, Any] = {"path": str(Path(args.catalog).resolve())} if args.catalog else {}
@@ -293,7 +294,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         changes["index_kind"] = args.kind
     catalog = dataclasses.replace(settings.catalog, **changes)
     settings = settings.replace(catalog=catalog)
-    index = run_in_worker(lambda: rebuild_index(settings, Embedder(settings.embedding)))
+    with PhaseBar("embedding passages", "passages") as bar:
+        index = run_in_worker(lambda: rebuild_index(settings, Embedder(settings.embedding), progress=bar))
     print(f"indexed {len(index.passages)} passages from {settings.catalog_path()} into {settings.catalog.index_dir}")
     return 0
 

@@ -21,6 +21,7 @@ from mailcascade.llm import OpenAIClient
 from mailcascade.llm.base import LLM
 from mailcascade.llm.cache import CachedLLM
 from mailcascade.llm.on_demand import ServerOnDemand
+from mailcascade.progress import PhaseBar
 from mailcascade.prompts import Prompt, load_prompts
 from mailcascade.stages import draft as draft_stage
 from mailcascade.stages import retrieve as retrieve_stage
@@ -138,7 +139,8 @@ class Pipeline:
         embedder = self.embedder
         with self._lock:
             if self._index is None:
-                index = open_index(self.settings, embedder)
+                with PhaseBar("indexing the catalogue", "passages") as bar:  # silent unless stderr is a terminal
+                    index = open_index(self.settings, embedder, progress=bar)
                 use_cache = self.store is not None and self.settings.store.cache
                 self._index = CachedSearcher(index, self.store) if use_cache and self.store else index
             return self._index

@@ -254,14 +254,14 @@ def rebuild_index(settings: Settings, embedder: EmbedderLike, *, catalog: str | 
     return index
 
 
-def open_index(settings: Settings, embedder: EmbedderLike) -> CatalogIndex:
+def open_index(settings: Settings, embedder: EmbedderLike, *, progress: Progress | None = None) -> CatalogIndex:
     """Load the saved index if it matches the catalogue, model and kind; else rebuild or refuse (settings)."""
     path = settings.catalog_path()
     if not path.is_file():
         raise CatalogError(f"catalogue not found: {path}")
     directory = Path(settings.catalog.index_dir)
     if not (directory / MANIFEST_FILE).exists():  # no index yet
-        return rebuild_index(settings, embedder)
+        return rebuild_index(settings, embedder, progress=progress)
     expected = {"catalog_sha256": file_sha256(path), "embedding_model": embedder.name, "dim": embedder.dim,
                 "index_kind": settings.catalog.index_kind}
     try:
@@ -271,7 +271,7 @@ def open_index(settings: Settings, embedder: EmbedderLike) -> CatalogIndex:
     except CatalogError as exc:
         differences = {"files": f"the saved index cannot be read ({exc})"}
     if settings.catalog.on_stale == "rebuild":
-        return rebuild_index(settings, embedder)
+        return rebuild_index(settings, embedder, progress=progress)
     raise CatalogError(f"index at {directory} is stale for catalogue {path}: {'; '.join(differences.values())}. "
                        f"Rebuild it with: mailcascade index build {path} "
                        "(or set [catalog] on_stale = \"rebuild\")")

@@ -39,10 +39,12 @@ from mailcascade.jsonl import JsonlContents, cut_torn_line, read_jsonl_records
 from mailcascade.llm.base import LLM
 from mailcascade.llm.cache import CachedLLM
 from mailcascade.pipeline import STAGES, Given, Pipeline
-from mailcascade.progress import Progress
+from mailcascade.progress import PhaseBar, Progress
 from mailcascade.prompts import Prompt
 from mailcascade.stages.embed_route import EmbeddingRouter, email_text
 from mailcascade.types import Hit, Result
+
+ENCODE_CHUNK = 512  # texts per encode call, so a long embedding phase shows progress
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,12 @@ class EmbeddingCache:
         if path.is_file():
             cached: np.ndarray = np.load(path)
             return cached
-        vectors = self.embedder.encode(texts)
+        with PhaseBar("embedding eval texts") as bar:
+            parts = []
+            for start in range(0, len(texts), ENCODE_CHUNK):
+                parts.append(self.embedder.encode(texts[start:start + ENCODE_CHUNK]))
+                bar(min(start + ENCODE_CHUNK, len(texts)), len(texts))
+        vectors = np.vstack(parts) if parts else self.embedder.encode(texts)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, vectors)
