@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from conftest import tmpfs
 from fakes import sensible
 from fakeserver import Drop, FakeServer, Status
 
@@ -294,17 +295,9 @@ def test_sigterm_during_an_index_build_stops_at_once(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem (tmpfs; needs root, as in CI), to fill up."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    """A real 1 MiB filesystem, to fill up."""
+    with tmpfs(tmp_path / "tiny", "size=1m") as folder:
+        yield folder
 
 
 def fill(folder: Path, leave: int) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tmpfs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,28 +44,25 @@ def emails(tmp_path: Path) -> Path:
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only filesystem (root ignores file modes, so a mode 0o555 folder would not do)."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def unusable(tmp_path: Path, where: str, name: str, request: pytest.FixtureRequest) -> Path:
+    """A path mailcascade cannot write: a folder, a file under a file, or a file on a read-only filesystem."""
+    if where == "a folder":
+        (tmp_path / name).mkdir()
+        return tmp_path / name
+    if where == "parent is a file":
+        (tmp_path / "afile").write_text("x")
+        return tmp_path / "afile" / name
+    folder: Path = request.getfixturevalue("read_only_dir")
+    return folder / name
 
 
 @pytest.mark.parametrize("where", ["a folder", "parent is a file", "read-only"])
 def test_an_unusable_store_path(tmp_path: Path, emails: Path, where: str, request: pytest.FixtureRequest) -> None:
-    if where == "a folder":
-        store = tmp_path / "store"
-        store.mkdir()
-    elif where == "parent is a file":
-        (tmp_path / "afile").write_text("x")
-        store = tmp_path / "afile" / "store.db"
-    else:
-        store = request.getfixturevalue("read_only_dir") / "store.db"
+    store = unusable(tmp_path, where, "store.db", request)
     done = mc("run", str(emails), "--out", str(tmp_path / "out.jsonl"), cwd=tmp_path,
               env={"MAILCASCADE_STORE__PATH": str(store)})
     one_line(done, 1, str(store), "[store] path")
@@ -72,14 +71,7 @@ def test_an_unusable_store_path(tmp_path: Path, emails: Path, where: str, reques
 
 @pytest.mark.parametrize("where", ["a folder", "parent is a file", "read-only"])
 def test_an_unusable_out(tmp_path: Path, emails: Path, where: str, request: pytest.FixtureRequest) -> None:
-    if where == "a folder":
-        out = tmp_path / "results"
-        out.mkdir()
-    elif where == "parent is a file":
-        (tmp_path / "afile").write_text("x")
-        out = tmp_path / "afile" / "out.jsonl"
-    else:
-        out = request.getfixturevalue("read_only_dir") / "out.jsonl"
+    out = unusable(tmp_path, where, "out.jsonl", request)
     done = mc("run", str(emails), "--out", str(out), cwd=tmp_path)
     one_line(done, 1, "--out", str(out))
     assert "Loading" not in done.stderr  # refused before the index or any model loaded
