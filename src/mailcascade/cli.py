@@ -98,7 +98,8 @@ def _log_warnings() -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="mailcascade", description="Route, retrieve, draft and debug customer email.",
                epilog="exit codes: 0 ok; 1 an error (one line says what to fix); 2 a usage error; "
-                      "3 run: some emails failed; 4 run: every email failed; 130/143 interrupted (SIGINT/SIGTERM)")
+                      "3 run: some emails failed; 4 run: every email failed; 130/143 interrupted (SIGINT/SIGTERM); "
+                      "70 a bug (MAILCASCADE_DEBUG=1 shows the traceback)")
     sub = p.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the cascade on emails (.eml, .json, .jsonl, .txt, or folders of them)")
