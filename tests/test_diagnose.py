@@ -405,3 +405,32 @@ def test_router_learning_curve_embeds_once() -> None:
     assert points[-1]["y"] > points[0]["y"]
     with pytest.raises(ValueError):
         router_learning_curve(train, train_labels, test, test_labels[:-1], embedder)
+
+
+def test_below_majority_uses_the_honest_baseline_always_out_of_scope() -> None:
+    """A HINT3-like set: 96% of the test is out of scope, the train split has none (train majority: orders)."""
+    from mailcascade.eval.records import compute_metrics
+
+    labels = [*DEPTS, "out_of_scope"]
+    planted = {f"h{i}" for i in range(0, 96, 9)}  # 11 out-of-scope cases the system sends to a department
+
+    def records(wrong: set[str]) -> list[dict[str, Any]]:
+        out = []
+        for i in range(100):
+            gold = "out_of_scope" if i < 96 else "orders"
+            r = record(f"h{i}", gold, "orders" if f"h{i}" in wrong else gold)
+            r["baselines"] = {"majority": "orders", "embedding_knn": gold, "always_out_of_scope": "out_of_scope"}
+            r["stages"] = [stage()]
+            r["stages"][0]["stage"] = "route"
+            out.append(r)
+        return out
+
+    hurt = records(planted)
+    metrics = compute_metrics(hurt, labels=labels, level="product")
+    assert metrics["routing"]["majority_baseline"] == {"name": "always_out_of_scope", "accuracy": 0.96}
+    assert metrics["routing"]["baselines"]["majority"]["accuracy"] == 0.04  # the train majority alone: silent
+    alarm = one(implausible_scores(metrics, hurt, labels), "below_majority")
+    assert set(alarm.cases) == planted and "out_of_scope" in alarm.explanation
+    clean = records({"h96"})  # one error, on an in-scope case: 0.99 beats the constant
+    assert not [a for a in implausible_scores(compute_metrics(clean, labels=labels, level="product"), clean, labels)
+                if a.name == "below_majority"]

@@ -1,18 +1,23 @@
-"""Baselines scored beside the system: the majority class and an embedding nearest-neighbour router.
+"""Baselines scored beside the system: the majority class, an embedding nearest-neighbour router, and always
+answering out_of_scope.
 
-Both learn only from the eval set's train split, so they show what a system must beat to be worth its cost.
+The first two learn only from the eval set's train split, the third from nothing, so together they show what a
+system must beat to be worth its cost. The honest majority baseline is the stronger of the two constants.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mailcascade.catalog import EmbedderLike
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.evalset import EvalSet
 from mailcascade.stages.embed_route import EmbeddingRouter, email_text
-from mailcascade.types import RouteDecision
+from mailcascade.types import OUT_OF_SCOPE, RouteDecision
+
+ALWAYS_OOS = "always_out_of_scope"
 
 
 def majority_label(train_labels: Sequence[str]) -> str:
@@ -42,7 +47,7 @@ def embedding_baseline(
 def baseline_predictions(
     eval_set: EvalSet, cases: Sequence[EvalCase], embedder: EmbedderLike, k: int
 ) -> tuple[dict[str, dict[str, str | None]], dict[str, str]]:
-    """The majority class and the embedding k-NN router's label for each case, learned from the train split.
+    """The majority class, the embedding k-NN router's label and always-out_of_scope for each case.
 
     With no train split, the majority is counted over the eval set and k-NN is leave-one-out over it; the second
     return value says where each baseline learned from.
@@ -63,4 +68,14 @@ def baseline_predictions(
                if len(labelled) > 1 else {})
         source = {"majority": "the eval set itself", "embedding_knn": "leave-one-out over the eval set"}
     majority = majority_label([str(c.expected.department) for c in learn])
-    return {c.id: {"majority": majority, "embedding_knn": knn.get(c.id)} for c in cases}, source
+    source[ALWAYS_OOS] = "nothing (a constant: every email is out of scope)"
+    return {c.id: {"majority": majority, "embedding_knn": knn.get(c.id), ALWAYS_OOS: OUT_OF_SCOPE}
+            for c in cases}, source
+
+
+def strongest_constant(baselines: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
+    """The honest majority baseline: the better of the train-split majority and always out_of_scope (a train
+    split without out-of-scope examples makes the first weak where most real traffic is out of scope)."""
+    scored = [(name, float(baselines[name]["accuracy"])) for name in ("majority", ALWAYS_OOS)
+              if isinstance((baselines.get(name) or {}).get("accuracy"), int | float)]
+    return max(scored, key=lambda kv: kv[1]) if scored else None

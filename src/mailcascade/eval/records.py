@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mailcascade.eval.baselines import strongest_constant
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.drafting import drafting_case, drafting_metrics
 from mailcascade.eval.retrieval import retrieval_case, retrieval_metrics
@@ -115,6 +116,9 @@ def compute_metrics(
             baselines[name] = {"accuracy": accuracy(gold, bpred, labels), "macro_f1": macro_f1(gold, bpred, labels),
                                "accuracy_ci": _ci(lambda g, p: accuracy(g, p, labels), gold, bpred, seed=seed)}
         routing["baselines"] = baselines
+        strongest = strongest_constant(baselines)
+        if strongest is not None:
+            routing["majority_baseline"] = {"name": strongest[0], "accuracy": strongest[1]}
         out["routing"] = routing
     retrieved = [r for r in records if _ran(r, "retrieve")]
     scored = [r for r in retrieved if r["expected"]["relevant"]]

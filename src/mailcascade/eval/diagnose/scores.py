@@ -62,14 +62,17 @@ def _routing_alarms(
     ci = (metrics.get("routing") or {}).get("accuracy_ci") or list(bootstrap_ci(correct, seed=seed))
     gold = Counter(gold_department(r) for r in scored)
     top_gold, top_gold_n = min(gold.items(), key=lambda kv: (-kv[1], str(kv[0])))
-    majority = ((metrics.get("routing") or {}).get("baselines") or {}).get("majority") or {}
-    majority_acc = majority.get("accuracy")
-    majority_from = "the majority-class baseline"
+    routing = metrics.get("routing") or {}
+    honest = routing.get("majority_baseline") or {}
+    majority_name = str(honest.get("name") or "majority")
+    majority_acc = honest.get("accuracy", ((routing.get("baselines") or {}).get("majority") or {}).get("accuracy"))
+    majority_from = ("always answering out_of_scope (stronger here than the train-split majority)"
+                     if majority_name == "always_out_of_scope" else "the majority-class baseline")
     if not isinstance(majority_acc, int | float) or math.isnan(majority_acc):
         majority_acc, majority_from = top_gold_n / n, f"always answering {top_gold!r}, the most frequent gold label"
     if ci[1] < majority_acc:
         wrong = tuple(r["id"] for r in scored if not route_correct(r)
-                      and ((r.get("baselines") or {}).get("majority") or top_gold) == gold_department(r))
+                      and ((r.get("baselines") or {}).get(majority_name) or top_gold) == gold_department(r))
         alarms.append(Alarm(
             "below_majority", "warn", f"Routing accuracy {accuracy:.3f} is below the majority baseline "
             f"({majority_acc:.3f})",
