@@ -176,13 +176,15 @@ def test_broken_invariants_and_nan() -> None:
 
 
 def easy_hard_records() -> tuple[list[dict[str, Any]], set[str]]:
-    """40 easy cases (baseline right, short, frequent label), 20 hard ones; system labels shuffled on 15 easy."""
+    """40 easy cases (the baseline confident), 20 hard ones (it hesitates); system labels shuffled on 15 easy."""
     records = []
     for i in range(40):
         records.append(record(f"e{i:02d}", DEPTS[i % 2], DEPTS[i % 2], base=DEPTS[i % 2], chars=50))
+        records[-1]["baseline_confidence"] = {"embedding_knn": 0.9}
     for i in range(20):
         gold = DEPTS[2 + i % 2]
         records.append(record(f"h{i:02d}", gold, gold, base=DEPTS[i % 2], chars=900))
+        records[-1]["baseline_confidence"] = {"embedding_knn": 0.4}
     planted = [f"e{i:02d}" for i in range(0, 40, 8)] + [f"e{i:02d}" for i in range(3, 40, 4)]
     planted = sorted(set(planted))[:15]
     by_id = {r["id"]: r for r in records}

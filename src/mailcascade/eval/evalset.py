@@ -25,7 +25,9 @@ from mailcascade.eval.cases import EvalCase, load_cases
 DATA_DIR_ENV = "MAILCASCADE_DATA_DIR"
 DEFAULT_DATA_DIR = Path("..") / "shared" / "data"
 ADAPTERS = ("bitext", "hint3", "epqa", "jsonl")
-_KEYS = {"name", "description", "adapter", "path", "train_path", "mapping", "level", "catalog", "config"}
+_KEYS = {"name", "description", "adapter", "path", "train_path", "mapping", "level", "catalog", "config", "tuned_on"}
+#: what a definition may say its settings were tuned on: "train"/"dev" are fine, "eval"/"test" raise an alarm
+TUNED_ON = ("train", "dev", "eval", "test")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class EvalSet:
     level: str = "department"  # "label" for label-level routing (HINT3)
     adapter: str = "jsonl"
     source: Path | None = None  # the data file the cases came from
+    tuned_on: str = ""  # the definition's `tuned_on`: what the settings were chosen on ("eval": on these cases)
 
     def departments(self) -> list[str]:
         """Expected departments seen in the cases, sorted."""
@@ -88,6 +91,9 @@ def _from_definition(defn: Path, raw: dict[str, Any], data: tuple[Path, str]) ->
     for key, value in raw.items():
         if not isinstance(value, str):
             raise EvalError(f"{defn}: {key} must be a string, got {value!r}")
+    tuned_on = raw.get("tuned_on", "")
+    if tuned_on and tuned_on not in TUNED_ON:
+        raise EvalError(f"{defn}: tuned_on must be one of {', '.join(TUNED_ON)}, got {tuned_on!r}")
     adapter = raw.get("adapter", "")
     if adapter not in ADAPTERS:
         raise EvalError(f"{defn}: adapter must be one of {', '.join(ADAPTERS)}, got {adapter!r}")
@@ -131,7 +137,7 @@ def _from_definition(defn: Path, raw: dict[str, Any], data: tuple[Path, str]) ->
         raise EvalError(f"{defn}: case id(s) in both the cases and the train split: {', '.join(clash[:5])}")
     eval_set = EvalSet(name=raw.get("name") or defn.stem, cases=cases, train=train, passages=passages,
                        catalog=catalog, config=config, mapping=mapping, definition=defn, level=level,
-                       adapter=adapter, source=data_path)
+                       adapter=adapter, source=data_path, tuned_on=tuned_on)
     check_departments(eval_set, _settings(config).department_names)
     return eval_set
 

@@ -206,7 +206,7 @@ def run_eval(
         _write_jsonl(records_path, [r for i, r in done.items() if i not in errored])
         done = {i: r for i, r in done.items() if i not in errored}
     todo = [c for c in cases if c.id not in done]
-    baselines, baseline_source = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
+    baselines = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
     passages = pipeline.index.passages if "hits" in options.gold else ()  # type: ignore[attr-defined]
     by_id = {c.id: c for c in todo}
     passage_products = {p.passage_id: p.product_id for p in eval_set.passages or ()}
@@ -221,7 +221,8 @@ def run_eval(
 
         def done_one(position: int, result: Any) -> None:
             case = todo[position]
-            record = case_record(case, result, level=level, baselines=baselines[case.id],
+            record = case_record(case, result, level=level, baselines=baselines.labels[case.id],
+                                 baseline_confidence=baselines.confidence[case.id],
                                  embed_sim=_embed_sim(vectors, result, case), labels=labels,
                                  passage_products=passage_products)
             # the user's own labelled data: kept in the run so the report can show each case's email
@@ -240,7 +241,7 @@ def run_eval(
     stats = pipeline.llm.stats if isinstance(pipeline.llm, CachedLLM) else None
     run_info.update({
         "status": "done", "finished": time.time(), "seconds": round(time.time() - started, 3),
-        "baseline_source": baseline_source,
+        "baseline_source": baselines.source,
         "cache": {"hits": stats.hits, "misses": stats.misses} if stats else None,
     })
     _write_json(out / "run.json", run_info)
@@ -272,7 +273,8 @@ def _run_info(
         "name": eval_set.name,
         "eval_set": {"name": eval_set.name, "definition": str(eval_set.definition or ""),
                      "source": str(eval_set.source or ""), "adapter": eval_set.adapter,
-                     "level": eval_set.level, "n_cases": len(eval_set.cases), "n_train": len(eval_set.train)},
+                     "level": eval_set.level, "n_cases": len(eval_set.cases), "n_train": len(eval_set.train),
+                     "tuned_on": eval_set.tuned_on},
         "created": previous["created"] if previous else time.time(),
         "resumed": (previous.get("resumed", 0) + 1) if previous else 0,
         "status": "running",

@@ -76,6 +76,28 @@ def baseline_confidence(record: Record, key: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+#: the learned baselines a run may record, and the learner each one is
+LEARNED_BASELINES = {"embedding_logreg": "logreg", "embedding_knn": "knn"}
+
+
+def system_learner(records: Sequence[Record]) -> str:
+    """What the system's route stage is: "knn" for the embedding router (its stage records name the model
+    "knn:<embedder>:k=<k>"), else "llm"."""
+    for r in records:
+        for s in r.get("stages") or []:
+            if s.get("stage") == "route" and s.get("model"):
+                return "knn" if str(s["model"]).startswith("knn:") else "llm"
+    return "llm"
+
+
+def independent_baselines(records: Sequence[Record]) -> list[str]:
+    """The learned baselines recorded in these records that are not the same learner as the system (the k-NN
+    baseline is left out when the system is the embedding router), the regression first."""
+    learner = system_learner(records)
+    present = {k for r in records for k, v in (r.get("baselines") or {}).items() if v is not None}
+    return [k for k, kind in LEARNED_BASELINES.items() if k in present and kind != learner]
+
+
 def bootstrap_diff(
     a: Sequence[float], b: Sequence[float], *, n: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float]:

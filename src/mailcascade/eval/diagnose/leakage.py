@@ -195,22 +195,28 @@ def score_jump(history: Sequence[Mapping[str, Any]], metric: str = "routing.accu
 def tuned_on_eval(run_info: Mapping[str, Any]) -> list[Alarm]:
     """Alarms from run.json about settings chosen on the eval set itself.
 
-    - tuned_on_eval: run_info["tuned_on"] (or run_info["options"]["tuned_on"]) is "eval", "test" or the eval
-      set's name: the run says thresholds or settings were chosen on the cases it is scored on.
+    - tuned_on_eval: the run says thresholds or settings were chosen on the cases it is scored on: "eval",
+      "test" or the eval set's name in run_info["options"]["tuned_on"] (`mailcascade eval --tuned-on-eval`),
+      run_info["eval_set"]["tuned_on"] (the eval definition's `tuned_on = "eval"`) or run_info["tuned_on"].
     - examples_are_eval: the embedding router's examples file (settings.route.examples_path) is the eval
       set's own data file.
     - baseline_on_eval (info): the baselines learned from the eval set (no train split; leave-one-out).
     """
     alarms = []
     options = run_info.get("options") or {}
-    tuned = run_info.get("tuned_on") or options.get("tuned_on")
     name = run_info.get("name") or (run_info.get("eval_set") or {}).get("name")
-    if tuned is not None and str(tuned).lower() in {"eval", "test", str(name).lower()}:
+    declared = [("--tuned-on-eval", options.get("tuned_on")),
+                ("eval definition", (run_info.get("eval_set") or {}).get("tuned_on")),
+                ("run.json", run_info.get("tuned_on"))]
+    said = [(where, str(v)) for where, v in declared
+               if v and str(v).lower() in {"eval", "test", str(name).lower()}]
+    if said:
+        where, tuned = said[0]
         alarms.append(Alarm(
-            "tuned_on_eval", "warn", f"Settings were chosen on the eval set ({tuned})",
+            "tuned_on_eval", "warn", f"Settings were chosen on the eval set (tuned_on = {tuned!r}, from the {where})",
             "Thresholds, prompts or settings picked to maximise the score on the very cases they are scored on "
             "give an optimistic number. Tune on a separate dev split and report the eval set once, untouched.",
-            (), {"tuned_on": tuned}))
+            (), {"tuned_on": tuned, "from": where, "declared_by": [w for w, _ in said]}))
     settings = run_info.get("settings") or {}
     examples = (settings.get("route") or {}).get("examples_path")
     source = (run_info.get("eval_set") or {}).get("source")

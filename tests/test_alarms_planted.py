@@ -1,0 +1,242 @@
+"""Alarms on real runs over eval sets built at test time from the public Bitext data, with PLANTED problems.
+
+Each test plants one problem, checks that its alarm fires and names >= 80% of the planted case ids with <= 20%
+others, and that the same set without the plant stays quiet. Eval sets are written to tmp_path (never
+committed); the data is read by path from the shared folder. The embedder is the deterministic HashEmbedder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakes import HashEmbedder, last_user
+from fakeserver import FakeServer, Reply
+from mailcascade.config import Settings, StoreSettings
+from mailcascade.eval.diagnose import Alarm, difficulty, label_noise, worse_on_easy
+from mailcascade.eval.diagnose.leakage import tuned_on_eval
+from mailcascade.eval.evalset import load_eval_set
+from mailcascade.eval.runner import EvalOptions, read_records, run_eval
+from mailcascade.stages.embed_route import email_text
+from test_eval_runner import settings_for
+
+ROOT = Path(__file__).resolve().parents[1]
+BITEXT = ROOT.parent / "shared" / "data" / "bitext"
+MAPPING = ROOT / "eval" / "mappings" / "bitext.toml"
+DEPARTMENT = {"ACCOUNT": "account", "ORDER": "orders", "REFUND": "returns", "PAYMENT": "billing",
+              "INVOICE": "billing", "DELIVERY": "shipping", "SHIPPING_ADDRESS": "shipping", "CONTACT": "general",
+              "FEEDBACK": "general", "NEWSLETTER": "account", "CANCELLATION_FEE": "billing"}
+#: one category per department, to plant a gold label of another department
+CATEGORY_OF = {"account": "ACCOUNT", "orders": "ORDER", "returns": "REFUND", "billing": "PAYMENT",
+               "shipping": "DELIVERY", "general": "CONTACT"}
+
+pytestmark = pytest.mark.skipif(not BITEXT.is_dir(), reason="the shared Bitext data is not there")
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    with (BITEXT / name).open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _pick(rows: Sequence[dict[str, str]], per_category: int, rng: random.Random) -> list[dict[str, str]]:
+    by: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        by.setdefault(r["category"], []).append(r)
+    return [r for c in sorted(by) for r in rng.sample(by[c], min(per_category, len(by[c])))]
+
+
+def _write(path: Path, rows: Sequence[dict[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+class Planted:
+    """A Bitext eval set in a folder: 40 train and 20 test utterances per category (440 / 220)."""
+
+    def __init__(self, folder: Path, train: int = 40, test: int = 20) -> None:
+        rng = random.Random(0)
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.train = _pick(_rows("Bitext_Sample_Customer_Service_Training_Dataset.csv"), train, rng)
+        self.test = _pick(_rows("Bitext_Sample_Customer_Service_Testing_Dataset.csv"), test, rng)
+        _write(folder / "train.csv", self.train)
+
+    def definition(self, name: str, test: Sequence[dict[str, str]] | None = None, extra: str = "") -> Path:
+        _write(self.folder / f"{name}.csv", list(test or self.test))
+        path = self.folder / f"{name}.toml"
+        path.write_text(f'name = "planted"\nadapter = "bitext"\npath = "{self.folder / (name + ".csv")}"\n'
+                        f'train_path = "{self.folder / "train.csv"}"\nmapping = "{MAPPING}"\n{extra}',
+                        encoding="utf-8")
+        return path
+
+    def ids(self) -> list[str]:
+        return [f"bitext-test-{n:04d}" for n in range(1, len(self.test) + 1)]
+
+
+def embedding_settings(tmp_path: Path, examples: Path | None = None) -> Settings:
+    s = Settings()
+    route = dataclasses.replace(s.route, strategy="embedding", examples_path=str(examples) if examples else "")
+    return s.replace(store=StoreSettings(path=str(tmp_path / "log.db")), route=route)
+
+
+def run_records(definition: Path, out: Path, settings: Settings, cache: Path,
+                options: EvalOptions | None = None) -> list[dict[str, Any]]:
+    run = run_eval(load_eval_set(definition), out, options or EvalOptions(progress=False, stages=("route",),
+                                                                          concurrency=4),
+                   settings=settings, embedder=HashEmbedder(dim=512), cache_dir=cache)
+    return read_records(run / "cases.jsonl").records
+
+
+def check_names(alarm: Alarm, planted: set[str]) -> None:
+    named = set(alarm.cases)
+    assert len(named & planted) >= 0.8 * len(planted), (len(named & planted), len(planted))
+    assert len(named - planted) <= 0.2 * len(named), (len(named - planted), len(named))
+
+
+def the(alarms: Sequence[Alarm], name: str) -> Alarm:
+    found = [a for a in alarms if a.name == name]
+    assert len(found) == 1, [a.name for a in alarms]
+    return found[0]
+
+
+def oracle(truth: dict[str, str]) -> Callable[[dict[str, Any]], Reply]:
+    """A strong LLM router: answers each email's true department (from the clean data)."""
+    texts = sorted(truth, key=len, reverse=True)
+
+    def answer(body: dict[str, Any]) -> Reply:
+        user = " ".join(last_user(body).split())
+        dept = next((truth[t] for t in texts if t in user), "general")
+        return Reply(json.dumps({"department": dept, "confidence": 0.9, "reason": "oracle"}))
+    return answer
+
+
+def test_worse_on_easy_and_label_noise_fire_on_shuffled_gold_labels_of_15_easy_cases(tmp_path: Path) -> None:
+    data = Planted(tmp_path / "data")
+    truth = {" ".join(r["utterance"].split()): DEPARTMENT[r["category"]] for r in data.test}
+    with FakeServer(oracle(truth)) as server:  # type: ignore[arg-type]
+        settings = settings_for(server, tmp_path)
+        clean = run_records(data.definition("clean"), tmp_path / "clean", settings, tmp_path / "cache")
+        # 15 easy cases (by the gold-free difficulty), their gold labels shuffled among departments
+        signals = difficulty(clean)
+        easy = [i for i, s in zip(data.ids(), (signals[i] for i in data.ids()), strict=True) if s["easy"]]
+        planted_ids = random.Random(3).sample(easy, 15)
+        position = {case_id: n for n, case_id in enumerate(data.ids())}
+        test = [dict(r) for r in data.test]
+        depts = sorted(CATEGORY_OF)
+        for k, case_id in enumerate(sorted(planted_ids)):
+            row = test[position[case_id]]
+            true = DEPARTMENT[row["category"]]
+            row["category"] = CATEGORY_OF[[d for d in depts if d != true][k % 5]]
+        hurt = run_records(data.definition("hurt", test), tmp_path / "hurt", settings, tmp_path / "cache")
+    planted = set(planted_ids)
+    assert worse_on_easy(clean) == [] and label_noise(clean) == []
+    alarm = the(worse_on_easy(hurt), "worse_on_easy")
+    check_names(alarm, planted)
+    assert alarm.data["difficulty_from"] == ["embedding_logreg", "embedding_knn"]  # the system is an LLM
+    noise = the(label_noise(hurt), "label_noise")  # the system and an independent baseline agree against gold
+    check_names(noise, planted)
+    assert noise.data["second_opinion"] == "embedding_logreg" and "embedding_logreg" in noise.title
+
+
+def swapped_examples(data: Planted, path: Path, swap: dict[str, str]) -> Path:
+    es = load_eval_set(data.definition("clean"))
+    path.write_text("".join(json.dumps({"text": email_text(c.email),
+                                        "department": swap.get(str(c.expected.department),
+                                                               str(c.expected.department))}) + "\n"
+                            for c in es.train), encoding="utf-8")
+    return path
+
+
+def test_worse_on_easy_fires_on_router_examples_with_four_labels_swapped(tmp_path: Path) -> None:
+    data = Planted(tmp_path / "data")
+    definition = data.definition("clean")
+    cache = tmp_path / "cache"
+    swap = {"orders": "billing", "billing": "orders", "shipping": "account", "account": "shipping"}
+    honest = swapped_examples(data, tmp_path / "honest.jsonl", {})
+    clean = run_records(definition, tmp_path / "clean", embedding_settings(tmp_path, honest), cache)
+    hurt = run_records(definition, tmp_path / "hurt",
+                       embedding_settings(tmp_path, swapped_examples(data, tmp_path / "swapped.jsonl", swap)), cache)
+    assert worse_on_easy(clean) == []
+    alarm = the(worse_on_easy(hurt), "worse_on_easy")
+    planted = {r["id"] for r in hurt if r["expected"]["department"] in swap}
+    check_names(alarm, planted)
+    assert alarm.data["system"] == "knn" and alarm.data["difficulty_from"] == ["embedding_logreg"]
+    assert set(alarm.data["departments"]) <= set(swap)
+
+
+def test_label_noise_with_the_embedding_router_as_the_system_asks_an_independent_learner(tmp_path: Path) -> None:
+    data = Planted(tmp_path / "data")
+    cache = tmp_path / "cache"
+    settings = embedding_settings(tmp_path)  # the router learns from the train split: the k-NN baseline's twin
+    clean = run_records(data.definition("clean"), tmp_path / "clean", settings, cache)
+    # plant label errors on 12 cases both learners would route alike and confidently
+    signals = {r["id"]: r for r in clean}
+    candidates = [i for i in data.ids() if signals[i]["baselines"]["embedding_logreg"] ==
+                  signals[i]["route"]["department"] == signals[i]["expected"]["department"]
+                  and (signals[i]["baseline_confidence"]["embedding_logreg"] or 0) >= 0.6]
+    planted = set(random.Random(5).sample(candidates, 12))
+    test = [dict(r) for r in data.test]
+    for n, case_id in enumerate(data.ids()):
+        if case_id in planted:
+            true = DEPARTMENT[test[n]["category"]]
+            test[n]["category"] = CATEGORY_OF["general" if true != "general" else "orders"]
+    hurt = run_records(data.definition("hurt", test), tmp_path / "hurt", settings, cache)
+    # the k-NN baseline is the system itself: as a "second opinion" it lists the system's own errors
+    twin = label_noise(clean, baseline_key="embedding_knn", min_confidence=0.0)
+    errors = {r["id"] for r in clean if not r["scores"]["route_correct"]}
+    assert twin and set(twin[0].cases) <= errors and len(twin[0].cases) >= 0.8 * len(errors)
+    # the independent learner on the clean set: at most a few genuinely ambiguous cases, as info, never a warning
+    assert all(a.level == "info" and len(a.cases) <= 0.02 * len(clean) for a in label_noise(clean))
+    alarm = the(label_noise(hurt), "label_noise")
+    check_names(alarm, planted)
+    assert alarm.data["second_opinion"] == "embedding_logreg" and alarm.data["system"] == "knn"
+    assert "embedding_logreg" in alarm.title
+
+
+def test_baseline_confidence_is_recorded_and_old_records_stay_readable(tmp_path: Path) -> None:
+    data = Planted(tmp_path / "data", train=10, test=3)
+    records = run_records(data.definition("clean"), tmp_path / "run", embedding_settings(tmp_path),
+                          tmp_path / "cache")
+    for r in records:
+        assert set(r["baselines"]) == {"majority", "embedding_knn", "embedding_logreg", "always_out_of_scope"}
+        conf = r["baseline_confidence"]
+        assert set(conf) == {"embedding_knn", "embedding_logreg"}
+        assert all(0.0 < v <= 1.0 for v in conf.values())
+    old = [{k: v for k, v in r.items() if k != "baseline_confidence"} for r in records]
+    assert all(s["basis"] == "agreement" for s in difficulty(old).values())  # missing confidence = None
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["baseline_source"]["embedding_logreg"] == "train split"
+
+
+@pytest.mark.parametrize("where", ["definition", "option"])
+def test_tuned_on_eval_fires_from_the_definition_or_the_option(tmp_path: Path, where: str) -> None:
+    data = Planted(tmp_path / "data", train=5, test=2)
+    extra = 'tuned_on = "eval"\n' if where == "definition" else ""
+    options = EvalOptions(progress=False, stages=("route",), tuned_on="eval" if where == "option" else "")
+    run_records(data.definition("clean", extra=extra), tmp_path / "run", embedding_settings(tmp_path),
+                tmp_path / "cache", options)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    alarm = the(tuned_on_eval(info), "tuned_on_eval")
+    assert alarm.data["from"] == ("eval definition" if where == "definition" else "--tuned-on-eval")
+    run_records(data.definition("quiet"), tmp_path / "quiet", embedding_settings(tmp_path), tmp_path / "cache")
+    assert not [a for a in tuned_on_eval(json.loads((tmp_path / "quiet" / "run.json").read_text()))
+                if a.name == "tuned_on_eval"]
+
+
+def test_an_eval_definition_with_a_bad_tuned_on_is_refused(tmp_path: Path) -> None:
+    from mailcascade.errors import EvalError
+
+    data = Planted(tmp_path / "data", train=5, test=2)
+    with pytest.raises(EvalError, match="tuned_on must be one of"):
+        load_eval_set(data.definition("bad", extra='tuned_on = "vibes"\n'))
+    assert load_eval_set(data.definition("ok", extra='tuned_on = "test"\n')).tuned_on == "test"
