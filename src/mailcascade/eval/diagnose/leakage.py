@@ -4,7 +4,6 @@ scores that jump more than their confidence intervals allow."""
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -161,35 +160,44 @@ def _lookup(metrics: Mapping[str, Any], path: str) -> tuple[float | None, list[f
 
 
 def score_jump(history: Sequence[Mapping[str, Any]], metric: str = "routing.accuracy") -> list[Alarm]:
-    """Consecutive runs whose `metric` (a dotted path into metrics.json, its CI at the same path + "_ci") moves
-    by more than sqrt(h1^2 + h2^2), h being each run's CI half-width.
+    """The run being diagnosed (the last item) against the latest earlier run scored on the same cases with the
+    same stages, when `metric` (a dotted path into metrics.json, its CI at the same path + "_ci") moved by more
+    than sqrt(h1^2 + h2^2), h being each run's CI half-width.
 
-    Each history item is {"run": name, "metrics": {...}} or a metrics dict itself, oldest first.
+    Each history item is {"run": name, "metrics": {...}, "case_ids": [...], "stages": [...]} (the last two
+    optional: when the diagnosed run has them, an earlier run must match them to be compared) or a metrics
+    dict itself, oldest first. Earlier runs are never compared with each other.
     """
-    alarms = []
+    if len(history) < 2:
+        return []
     points = []
     for i, item in enumerate(history):
         metrics = item["metrics"] if isinstance(item.get("metrics"), Mapping) else item
         value, ci = _lookup(metrics, metric)
-        points.append((str(item.get("run", f"#{i}")), value, ci))
-    for (run_a, a, ci_a), (run_b, b, ci_b) in itertools.pairwise(points):
-        if a is None or b is None or ci_a is None or ci_b is None:
-            continue
-        allowed = math.hypot((ci_a[1] - ci_a[0]) / 2, (ci_b[1] - ci_b[0]) / 2)
-        if abs(b - a) <= allowed:
-            continue
-        up = b > a
-        alarms.append(Alarm(
-            "score_jump", "warn", f"{metric} {'jumped' if up else 'dropped'} from {a:.3f} to {b:.3f} "
-            f"({run_a} -> {run_b})",
-            ("The score moved by more than its confidence intervals allow between two consecutive runs. "
-             + ("A sudden gain after a change that should give a small one often means leakage: eval cases "
-                "copied into examples or the prompt, or settings picked on this eval set. "
-                if up else "A sudden drop usually means a broken prompt, parser or mapping. ")
-             + "Compare the two runs case by case (mailcascade compare) and read the prompt and config diff."),
-            (), {"metric": metric, "from_run": run_a, "to_run": run_b, "from": a, "to": b, "from_ci": ci_a,
-                 "to_ci": ci_b, "allowed_change": allowed}))
-    return alarms
+        points.append((str(item.get("run", f"#{i}")), value, ci, item))
+    run_b, b, ci_b, current = points[-1]
+    like = [p for p in points[:-1] if all(current.get(key) is None or p[3].get(key) == current.get(key)
+                                          for key in ("case_ids", "stages"))]
+    if not like or b is None or ci_b is None:
+        return []
+    run_a, a, ci_a, _ = like[-1]
+    if a is None or ci_a is None:
+        return []
+    allowed = math.hypot((ci_a[1] - ci_a[0]) / 2, (ci_b[1] - ci_b[0]) / 2)
+    if abs(b - a) <= allowed:
+        return []
+    up = b > a
+    return [Alarm(
+        "score_jump", "warn", f"{metric} {'jumped' if up else 'dropped'} from {a:.3f} to {b:.3f} "
+        f"({run_a} -> {run_b}, same cases and stages)",
+        ("The score moved by more than its confidence intervals allow since the last run on the same cases with "
+         "the same stages. "
+         + ("A sudden gain after a change that should give a small one often means leakage: eval cases "
+            "copied into examples or the prompt, or settings picked on this eval set. "
+            if up else "A sudden drop usually means a broken prompt, parser or mapping. ")
+         + "Compare the two runs case by case (mailcascade compare) and read the prompt and config diff."),
+        (), {"metric": metric, "from_run": run_a, "to_run": run_b, "from": a, "to": b, "from_ci": ci_a,
+             "to_ci": ci_b, "allowed_change": allowed, "n_comparable_earlier_runs": len(like)})]
 
 
 def tuned_on_eval(run_info: Mapping[str, Any]) -> list[Alarm]:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from mailcascade.eval.diagnose.curves import learning_curve, router_learning_cur
 from mailcascade.eval.diagnose.leakage import leakage, score_jump, tuned_on_eval
 from mailcascade.eval.evalset import EvalSet, load_eval_set
 from mailcascade.eval.report import load_run, write_report
-from mailcascade.eval.runner import EmbeddingCache, EvalOptions, eval_settings, run_eval
+from mailcascade.eval.runner import EmbeddingCache, EvalOptions, eval_settings, read_records, run_eval
 from mailcascade.eval.stats import bootstrap_ci, paired_bootstrap
 from mailcascade.llm.base import LLM
 from mailcascade.stages.embed_route import email_text
@@ -130,6 +131,7 @@ class Diagnoser:
         from mailcascade.catalog import Embedder
 
         self.vectors = EmbeddingCache(embedder or Embedder(self.settings.embedding), self.cache_dir / "embeddings")
+        self.cache: dict[str, dict[str, int]] = {}  # per variant, this pass: cases run now, reused, LLM cache
 
     # -- loading ------------------------------------------------------------------------------------------
     def _eval_set(self, data_dir: str | None) -> EvalSet:
@@ -159,9 +161,20 @@ class Diagnoser:
             settings = variant.change(settings)
         options = EvalOptions(stages=variant.stages, gold=variant.gold, resume=True, progress=self.progress,
                               seed=int(self.info["options"].get("seed", 0)))
+        before = len(read_records(out / "cases.jsonl").records)
         run_eval(eval_set, out, options, settings=settings, llm=self.llm, embedder=self.vectors.embedder,
                  cache_dir=self.cache_dir)
-        return load_run(out)[2]
+        info, _, records = load_run(out)
+        stats = info.get("cache") or {}  # this run_eval's own LLM cache counts (0/0 when every case was done)
+        row = self.cache.setdefault(variant.name, {"cases": 0, "cases_run": 0, "cases_reused": 0,
+                                                   "cache_hits": 0, "cache_misses": 0, "new_model_calls": 0})
+        row["cases"] = max(row["cases"], len(records))
+        row["cases_run"] += len(records) - before
+        row["cases_reused"] += min(before, len(records))
+        row["cache_hits"] += int(stats.get("hits") or 0)
+        row["cache_misses"] += int(stats.get("misses") or 0)
+        row["new_model_calls"] += int(stats.get("misses") or 0)  # a miss is a request to the model
+        return records
 
     # -- ceiling and attribution --------------------------------------------------------------------------
     def ceiling(self) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
@@ -347,17 +360,32 @@ class Diagnoser:
         return leakage(texts, sources, self.vectors)
 
     def history(self) -> list[dict[str, Any]]:
-        """Earlier finished runs of the same eval set in the same folder, oldest first, then this one."""
+        """Earlier finished runs in the same folder that scored the same cases (same eval set, same case ids)
+        with the same stages, oldest first, then this one (like with like: a 30-case sample is never compared
+        with a 397-case run)."""
+        key = self._comparable(self.info)
         found = []
         for run in sorted(self.run_dir.parent.iterdir()):
+            if run.resolve() == self.run_dir.resolve():
+                continue
             try:
                 info = json.loads((run / "run.json").read_text(encoding="utf-8"))
                 metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 continue
-            if info.get("name") == self.info.get("name") and info.get("created", 0) <= self.info.get("created", 0):
-                found.append({"run": run.name, "metrics": metrics, "created": info.get("created", 0)})
-        return sorted(found, key=lambda h: h["created"])
+            if (info.get("status") == "done" and self._comparable(info) == key
+                    and info.get("created", 0) <= self.info.get("created", 0)):
+                found.append({"run": run.name, "metrics": metrics, "created": info.get("created", 0),
+                              "case_ids": info.get("case_ids"), "stages": key[2]})
+        found.sort(key=lambda h: h["created"])
+        return [*found, {"run": self.run_dir.name, "metrics": self.metrics, "created": self.info.get("created", 0),
+                         "case_ids": self.info.get("case_ids"), "stages": key[2]}]
+
+    @staticmethod
+    def _comparable(info: Mapping[str, Any]) -> tuple[Any, ...]:
+        options = info.get("options") or {}
+        return (info.get("name"), tuple(info.get("case_ids") or ()), tuple(options.get("stages") or ()),
+                tuple(options.get("gold") or ()))
 
     # -- everything ---------------------------------------------------------------------------------------
     def diagnose(self) -> dict[str, Any]:
@@ -374,10 +402,21 @@ class Diagnoser:
                  *score_jump(history, "routing.accuracy")]
         alarms = [*base["alarms"], *(a.to_dict() for a in extra)]
         alarms.sort(key=lambda a: a["level"] != "warn")
-        return {"alarms": alarms, "ceiling": ceiling,
+        return {"alarms": alarms, "ceiling": ceiling, "cache": self.cache_summary(),
                 "attribution": {k: {"n": len(v), "cases": v} for k, v in attribution.items()},
                 "ablations": ablations, "learning_curves": curves, "slices": base["slices"],
                 "formats": base["formats"]}
+
+
+    def cache_summary(self) -> dict[str, Any]:
+        """This pass's re-runs: per variant the cases run now and reused, LLM cache hits and misses and the new
+        model calls (0 on a second diagnose); the totals; and every earlier pass's totals (from metrics.json)."""
+        keys = ("cases_run", "cases_reused", "cache_hits", "cache_misses", "new_model_calls")
+        total = {k: sum(v[k] for v in self.cache.values()) for k in keys}
+        earlier = ((self.metrics.get("diagnosis") or {}).get("cache") or {}).get("passes") or []
+        this = {"pass": len(earlier) + 1, "finished": round(time.time(), 3), **total}
+        return {"variants": {name: dict(row) for name, row in sorted(self.cache.items())}, "total": total,
+                "passes": [*earlier, this]}
 
 
 def _gain(perfect: float | None, now: float | None) -> float | None:
@@ -439,6 +478,19 @@ def format_diagnosis(diagnosis: Mapping[str, Any]) -> str:
     for row in diagnosis["ceiling"]:
         lines.append(f"{row['stage']:<12}{row['metric']:<36}{_num(row.get('predicted')):>20}"
                      f"{_num(row.get('gold')):>15}{_num(row.get('gain_if_perfect')):>17}")
+    cache = diagnosis.get("cache") or {}
+    if cache.get("variants"):
+        total = cache["total"]
+        lines += ["", f"re-runs (diagnose pass {len(cache.get('passes') or [])}): new model calls: "
+                      f"{total['new_model_calls']}, cache hits {total['cache_hits']}, misses {total['cache_misses']}, "
+                      f"cases run {total['cases_run']}, reused {total['cases_reused']}",
+                  f"  {'variant':<36}{'cases':>6}{'run':>6}{'reused':>8}{'hits':>7}{'misses':>8}{'new calls':>11}"]
+        for name, row in cache["variants"].items():
+            lines.append(f"  {name:<36}{row['cases']:>6}{row['cases_run']:>6}{row['cases_reused']:>8}"
+                         f"{row['cache_hits']:>7}{row['cache_misses']:>8}{row['new_model_calls']:>11}")
+        for p in (cache.get("passes") or [])[:-1]:
+            lines.append(f"  earlier pass {p['pass']}: new model calls: {p['new_model_calls']}, "
+                         f"cache hits {p['cache_hits']}, misses {p['cache_misses']}")
     attribution = diagnosis["attribution"]
     lines += ["", "first failing stage: " + (", ".join(f"{k}={v['n']}" for k, v in attribution.items()) or "none")]
     if diagnosis["ablations"]:
