@@ -53,7 +53,7 @@ def test_a_run_writes_records_metrics_and_report_that_agree(tmp_path: Path) -> N
     routing = metrics["routing"]
     low, high = routing["accuracy_ci"]
     assert 0 < routing["accuracy"] <= 1 and low <= routing["accuracy"] <= high
-    assert set(routing["baselines"]) == {"majority", "embedding_knn", "always_out_of_scope"}
+    assert set(routing["baselines"]) == {"majority", "embedding_knn", "embedding_logreg", "always_out_of_scope"}
     assert routing["majority_baseline"]["name"] in ("majority", "always_out_of_scope")
     assert metrics["retrieval"]["recall@10"] >= metrics["retrieval"]["recall@1"]
     assert metrics["drafting"]["valid_share"] == 1.0
