@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from mailcascade.config import Settings
 from mailcascade.llm.base import LLM
 from mailcascade.prompts import Prompt
 from mailcascade.stages.call import Budget, Call, StageOutput, arun_call, input_hash, output_of, run_call
+from mailcascade.stages.route import email_value
 from mailcascade.types import Draft, Email, Hit, StageRecord
-from mailcascade.untrusted import neutralise, prompt_fields
+from mailcascade.untrusted import neutralise
 from mailcascade.validate import Policy, ValidationContext
 
 
-def format_passages(hits: Sequence[Hit]) -> str:
-    if not hits:
-        return "(no product information found)"
-    return "\n".join(f"[{h.product_id}] {neutralise(h.text)}" for h in hits)  # catalogue text: data, too
+def passages_value(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    """The `passages` prompt variable: {product_id, passage_id, text, score}; catalogue text is data, too."""
+    return [{"product_id": h.product_id, "passage_id": h.passage_id, "text": neutralise(h.text), "score": h.score}
+            for h in hits]
 
 
 def prepare(
@@ -26,8 +28,8 @@ def prepare(
     shown = tuple(hits) if settings.draft.include_passages else ()
     values = {
         "department": department,
-        "passages": format_passages(shown),
-        **prompt_fields(email, settings.input.max_prompt_chars),
+        "passages": passages_value(shown),
+        "email": email_value(email, settings),
     }
     return Call(
         stage="draft",

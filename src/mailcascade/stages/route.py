@@ -13,12 +13,25 @@ from mailcascade.untrusted import neutralise, prompt_fields
 from mailcascade.validate import Policy, ValidationContext
 
 
-def format_examples(examples: Sequence[tuple[str, str]]) -> str:
-    """The few-shot block: labelled example emails (neutralised, like any email text), one per line."""
-    if not examples:
-        return ""
-    lines = ["Examples:"] + [f'- "{neutralise(" ".join(text.split()))[:300]}" -> {label}' for text, label in examples]
-    return "\n".join(lines)
+def departments_value(settings: Settings) -> list[dict[str, str]]:
+    """The `departments` prompt variable: {name, description}, out_of_scope last ("none of the above").
+
+    With `route.describe_departments` off every description is blank, so the prompt shows names only."""
+    describe = settings.route.describe_departments
+    shown = [{"name": d.name, "description": d.description if describe else ""}
+             for d in settings.departments if d.name != OUT_OF_SCOPE]
+    return [*shown, {"name": OUT_OF_SCOPE, "description": "none of the above" if describe else ""}]
+
+
+def examples_value(examples: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """The `examples` prompt variable: {text, department}; the text on one line, neutralised (email text is data)
+    and cut to 300 characters."""
+    return [{"text": neutralise(" ".join(text.split()))[:300], "department": label} for text, label in examples]
+
+
+def email_value(email: Email, settings: Settings) -> dict[str, str]:
+    """The `email` prompt variable: {subject, body, sender}, neutralised, the body cut to input.max_prompt_chars."""
+    return {**prompt_fields(email, settings.input.max_prompt_chars), "sender": neutralise(email.sender)}
 
 
 def pick_few_shot(pool: Sequence[tuple[str, str]], n: int) -> tuple[tuple[str, str], ...]:
@@ -39,15 +52,11 @@ def prepare(
     examples: Sequence[tuple[str, str]] = (),
 ) -> Call:
     names = list(settings.department_names)
-    describe = settings.route.describe_departments
-    lines = [f"- {d.name}: {d.description}" if describe and d.description else f"- {d.name}"
-             for d in settings.departments if d.name != OUT_OF_SCOPE]
-    lines.append(f"- {OUT_OF_SCOPE}: none of the above" if describe else f"- {OUT_OF_SCOPE}")
     values = {
-        "departments": "\n".join(lines),
+        "departments": departments_value(settings),
         "department_names": names,
-        "examples": format_examples(examples),
-        **prompt_fields(email, settings.input.max_prompt_chars),
+        "examples": examples_value(examples),
+        "email": email_value(email, settings),
     }
     return Call(
         stage="route",
