@@ -330,3 +330,14 @@ def test_a_knn_run_shows_no_llm_model_or_prompt_hashes(tmp_path: Path) -> None:
     html = write_report(write_run(tmp_path / "run", records)).read_text(encoding="utf-8")
     head = html[:html.index("<nav>")]
     assert "no LLM call (knn)" in head and "prompt route" not in head and "tiny-model" not in head
+
+
+def test_the_diagnosis_shows_each_pass_cache_statistics(tmp_path: Path) -> None:
+    row = {"cases_run": 0, "cases_reused": 6, "cache_hits": 0, "cache_misses": 0, "new_model_calls": 0}
+    cache = {"variants": {"gold_department": row}, "total": row,
+             "passes": [{"pass": 1, "new_model_calls": 12, "cache_hits": 0}, {"pass": 2, **row}]}
+    html = write_report(write_run(tmp_path / "run", sample_records(),
+                                  metrics_extra={"diagnosis": {"alarms": [], "cache": cache}})).read_text()
+    part = html[html.index('<section id="diagnosis">'):html.index('<section id="routing">')]
+    assert "new model calls" in part and "gold_department" in part
+    assert "pass 1: 12 new model calls" in part and "pass 2: 0 new model calls" in part

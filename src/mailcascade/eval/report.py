@@ -419,6 +419,17 @@ def diagnosis_section(diag: Mapping[str, Any]) -> str:
               f"[{num(a.get('delta_ci_low'))}, {num(a.get('delta_ci_high'))}]", a.get("delta_p_value")]
              for a in ablations])
     body += "".join(curve_html(c) for c in diag.get("learning_curves") or [] if isinstance(c, Mapping))
+    cache = diag.get("cache") or {}
+    keys = ("cases_run", "cases_reused", "cache_hits", "cache_misses", "new_model_calls")
+    if cache.get("variants"):
+        body += "<h3>Re-runs and the LLM cache (this diagnose pass)</h3>" + table(
+            ["variant", "cases run", "reused", "cache hits", "misses", "new model calls"],
+            [[name, *(row.get(k) for k in keys)] for name, row in cache["variants"].items()]
+            + [["total", *((cache.get("total") or {}).get(k) for k in keys)]])
+        passes = cache.get("passes") or []
+        if len(passes) > 1:
+            body += note("Earlier passes: " + "; ".join(f"pass {p.get('pass')}: {p.get('new_model_calls')} new model "
+                                                         f"calls, {p.get('cache_hits')} cache hits" for p in passes))
     return section("diagnosis", "Diagnosis", body)
 
 
