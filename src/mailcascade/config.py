@@ -142,6 +142,22 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class PipelineSettings:
+    deadline_s: float = 0.0  # per email, covering every retry and re-ask; 0 = no deadline
+
+
+TelemetryExporter = Literal["none", "console", "otlp"]
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    exporter: TelemetryExporter = "none"  # OpenTelemetry spans (OpenInference attributes): off, to stderr, or OTLP
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # the OTLP/HTTP traces endpoint (exporter = "otlp")
+    include_content: bool = False  # put email, prompt, output and passage text into spans
+    service_name: str = "mailcascade"
+
+
+@dataclass(frozen=True)
 class Settings:
     departments: tuple[Department, ...] = DEFAULT_DEPARTMENTS
     prompts_dir: str = ""  # empty: the prompts/ folder shipped with the package
@@ -156,6 +172,8 @@ class Settings:
     validation: ValidationSettings = ValidationSettings()
     input: InputSettings = InputSettings()
     store: StoreSettings = StoreSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     source: str = ""  # the file these settings came from, if any
 
     @property
@@ -361,6 +379,7 @@ _RANGES: Mapping[str, _Range] = {
     "validation.max_tokens_growth": _AT_LEAST_ONE,
     "input.max_email_bytes": _AT_LEAST_ONE, "input.max_prompt_chars": _AT_LEAST_ONE,
     "store.busy_timeout_s": _POSITIVE,
+    "pipeline.deadline_s": _NON_NEGATIVE,
 }
 POLICY_STAGES = ("route", "draft")  # the stages that call a model (pipeline.STAGES has retrieve too, which does not)
 

@@ -2,21 +2,27 @@
 
 A failure in one email becomes that email's failure record; it never escapes `run`, `arun` or `run_many`.
 A Pipeline is safe to share across threads and asyncio tasks: per-email state lives in local variables.
+Nothing is loaded or started before a stage needs it (the embedding router, the index, the embedded model server);
+`start(stages)` / `astart(stages)` do it up front. The sync `run` drives `arun` on the pipeline's own event-loop
+thread, so there is one code path, and a deadline cancels in-flight model calls either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mailcascade.catalog import Embedder, EmbedderLike, open_index
 from mailcascade.catalog.cached import CachedSearcher
 from mailcascade.config import Settings, load_settings
-from mailcascade.errors import EmailParseError, MailcascadeError
+from mailcascade.errors import ConfigError, EmailParseError, LLMError, MailcascadeError
 from mailcascade.llm import OpenAIClient
 from mailcascade.llm.base import LLM
 from mailcascade.llm.cache import CachedLLM
@@ -29,8 +35,13 @@ from mailcascade.stages import route as route_stage
 from mailcascade.stages.call import Budget, StageOutput
 from mailcascade.stages.embed_route import EmbeddingRouter, embed_route, load_examples
 from mailcascade.store import Store
-from mailcascade.types import Draft, Email, Hit, Result, RouteDecision, StageRecord
+from mailcascade.telemetry import AttributeValue, NoTracer, TracedLLM, Tracer, document_attributes, tracer_from_settings
+from mailcascade.types import ChatRequest, ChatResponse, Draft, Email, Hit, Result, RouteDecision, StageRecord
 from mailcascade.validate import Policy, default_policy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DEADLINE = "deadline_exceeded"
 
 STAGES = ("route", "retrieve", "draft")
 NOT_ROUTED = "unknown"  # the department a draft prompt sees when routing was not run and none was given
@@ -55,11 +66,14 @@ class Pipeline:
         store: Store | None = None,
         index: retrieve_stage.Searcher | None = None,
         router: EmbeddingRouter | None = None,
+        router_factory: Callable[[], EmbeddingRouter] | None = None,
         embedder: EmbedderLike | None = None,
         few_shot_pool: Sequence[tuple[str, str]] = (),
         server: ServerOnDemand | None = None,
         run_id: str | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        """`router_factory` builds the embedding router on first use (it embeds the examples: not cheap)."""
         for name in ("route", "draft"):
             if name not in prompts:
                 raise MailcascadeError(f"no '{name}' prompt in {settings.prompts_path()}")
@@ -67,15 +81,20 @@ class Pipeline:
         self.llm = llm
         self.prompts = prompts
         self.store = store
-        self.router = router
         self.few_shot = route_stage.pick_few_shot(few_shot_pool, settings.route.few_shot)
         self.policies: dict[str, Policy] = {
             stage: default_policy().with_overrides(settings.validation.policy.get(stage, {})) for stage in STAGES
         }
+        self.tracer: Tracer = tracer or tracer_from_settings(settings.telemetry)
+        self._router = router
+        self._router_factory = router_factory
         self._embedder = embedder
         self._index = index
         self._lock = threading.Lock()
+        self._router_lock = threading.Lock()
         self._server = server
+        self._loop = _LoopThread()
+        weakref.finalize(self, self._loop.close)
         self.run_id = store.start_run("pipeline", settings.to_dict(), run_id) if store else (run_id or "")
 
     @classmethod
@@ -83,9 +102,12 @@ class Pipeline:
         cls, path: str | Path | None = None, *, settings: Settings | None = None, llm: LLM | None = None,
         index: retrieve_stage.Searcher | None = None, router: EmbeddingRouter | None = None,
         embedder: EmbedderLike | None = None, few_shot_pool: Sequence[tuple[str, str]] | None = None,
-        run_id: str | None = None,
+        run_id: str | None = None, tracer: Tracer | None = None,
     ) -> Pipeline:
-        """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client."""
+        """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client.
+
+        Cheap: reads the settings, prompts and router examples and opens the store; no model, index or server is
+        loaded or started here."""
         settings = settings or load_settings(path)
         store = Store(settings.store.path, timeout_s=settings.store.busy_timeout_s)
         server = None
@@ -95,27 +117,59 @@ class Pipeline:
         base: LLM = llm
         if settings.store.cache:
             base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
-        embedder = embedder or Embedder(settings.embedding)
+        embedder = embedder or Embedder(settings.embedding)  # loads its model on first encode
+        factory = None
         if router is None and settings.route.strategy == "embedding":
-            router = EmbeddingRouter.from_settings(settings, embedder)
+            factory = _router_factory(settings, embedder)
         if few_shot_pool is None and settings.route.few_shot and settings.route.examples_path:
             few_shot_pool = load_examples(settings.route.examples_path)
         return cls(settings, base, load_prompts(settings.prompts_path()), store=store, index=index, router=router,
-                   embedder=embedder, few_shot_pool=few_shot_pool or (), server=server, run_id=run_id)
+                   router_factory=factory, embedder=embedder, few_shot_pool=few_shot_pool or (), server=server,
+                   run_id=run_id, tracer=tracer)
 
     # lifecycle ----------------------------------------------------------
     def __enter__(self) -> Pipeline:
-        self.start()
+        """Starts nothing: each part starts when a stage first needs it (or call `start(stages)`)."""
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self) -> None:
-        """Start the embedded model server now (it otherwise starts on the first model call that needs it), if
-        the settings point at it and nothing answers there. Raises LLMError when it cannot start."""
-        if self._server is not None:
+    async def __aenter__(self) -> Pipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def start(self, stages: Sequence[str] = STAGES) -> None:
+        """Load and start now what `stages` need, instead of on first use: the embedding router (route with
+        strategy "embedding"), the index (retrieve), the embedded model server (an LLM route, draft) if the settings
+        point at it and nothing answers there. Raises CatalogError, ConfigError or LLMError when one cannot start."""
+        needs = self.needs(stages)
+        if "router" in needs:
+            _ = self.router
+        if "index" in needs:
+            _ = self.index
+        if "model" in needs and self._server is not None:
             self._server.ensure()
+
+    async def astart(self, stages: Sequence[str] = STAGES) -> None:
+        """Async `start` (the loading runs in worker threads)."""
+        await asyncio.to_thread(self.start, stages)
+
+    def needs(self, stages: Sequence[str] = STAGES) -> frozenset[str]:
+        """What running `stages` needs: "router", "index", "model" (a model endpoint)."""
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+        needs = set()
+        if "route" in stages:
+            needs.add("router" if self._uses_router else "model")
+        if "retrieve" in stages:
+            needs.add("index")
+        if "draft" in stages:
+            needs.add("model")
+        return frozenset(needs)
 
     def finish_run(self, summary: Mapping[str, Any]) -> None:
         """Record in the store that this run ended, with a summary (counts, cache statistics)."""
@@ -123,9 +177,26 @@ class Pipeline:
             self.store.finish_run(self.run_id, summary)
 
     def close(self) -> None:
-        """Stop the embedded model server if this pipeline started it."""
+        """Stop the embedded model server if this pipeline started it, and the thread behind the sync `run`; flush
+        the traces. The pipeline may be used again (parts start again on first use)."""
         if self._server is not None:
             self._server.close()
+        self._loop.close()
+        self.tracer.shutdown()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    @property
+    def router(self) -> EmbeddingRouter | None:
+        """The embedding router (built on first use), or None when routing is by the LLM."""
+        with self._router_lock:
+            if self._router is None and self._router_factory is not None:
+                started = time.perf_counter()
+                self._router = self._router_factory()
+                log.info("embedding router ready: %d examples in %.1f s", len(self._router.texts),
+                         time.perf_counter() - started)
+            return self._router
 
     @property
     def embedder(self) -> EmbedderLike:
@@ -139,54 +210,113 @@ class Pipeline:
         embedder = self.embedder
         with self._lock:
             if self._index is None:
+                started = time.perf_counter()
                 with PhaseBar("indexing the catalogue", "passages") as bar:  # silent unless stderr is a terminal
                     index = open_index(self.settings, embedder, progress=bar)
                 use_cache = self.store is not None and self.settings.store.cache
                 self._index = CachedSearcher(index, self.store) if use_cache and self.store else index
+                log.info("catalogue index ready in %.1f s", time.perf_counter() - started)
             return self._index
+
+    @property
+    def _uses_router(self) -> bool:
+        return self._router is not None or self._router_factory is not None
 
     # one email ----------------------------------------------------------
     def run(self, email: Email, *, stages: Sequence[str] = STAGES, given: Given | None = None) -> Result:
-        """Run the cascade on one email; `stages` picks which stages run, `given` supplies the others' outputs."""
-        given = given or Given()
-        try:
-            budget = self._budget()
-            if "route" in stages:
-                routed = (embed_route(email, self.router, self.settings.input.max_prompt_chars) if self.router else
-                          route_stage.route(email, self.llm, self.prompts["route"], self.settings,
-                                            self.policies["route"], budget, self.few_shot))
-            else:
-                routed = _given_route(given)
-            retrieved = (self._retrieve(email, routed) if "retrieve" in stages else _given_hits(given))
-            drafted = None
-            if "draft" in stages and _can_draft(routed):
-                drafted = draft_stage.draft(email, _department(routed), retrieved.value or (), self.llm,
-                                            self.prompts["draft"], self.settings, self.policies["draft"], budget)
-            return self._finish(email, routed, retrieved, drafted, stages)
-        except Exception as exc:
-            return failure(email.id, email.source, exc)
+        """Run the cascade on one email; `stages` picks which stages run, `given` supplies the others' outputs.
+
+        Runs `arun` on the pipeline's event-loop thread; safe to call from many threads at once."""
+        return self._loop.run(self.arun(email, stages=stages, given=given))
 
     async def arun(self, email: Email, *, stages: Sequence[str] = STAGES, given: Given | None = None) -> Result:
-        given = given or Given()
-        try:
-            budget = self._budget()
-            if "route" in stages:
-                routed = (await asyncio.to_thread(embed_route, email, self.router,
-                                                  self.settings.input.max_prompt_chars) if self.router else
-                          await route_stage.aroute(email, self.llm, self.prompts["route"], self.settings,
-                                                   self.policies["route"], budget, self.few_shot))
+        deadline = self.settings.pipeline.deadline_s
+        work = _Work(email, deadline, time.monotonic() + deadline if deadline else None)
+        started = time.perf_counter()
+        with self.tracer.span("email", "CHAIN", self._email_attributes(email, stages)) as span:
+            try:
+                if work.expires is None:
+                    result = await self._cascade(work, stages, given or Given())
+                else:
+                    # a backstop for work that is not a model call (the model calls end at the deadline themselves)
+                    async with asyncio.timeout(deadline + _GRACE_S) as limit:
+                        result = await self._cascade(work, stages, given or Given())
+            except _DeadlinePassed:
+                result = await self._deadline_result(work)
+            except TimeoutError:
+                if work.expires is None or not limit.expired():
+                    raise
+                result = await self._deadline_result(work)
+            except Exception as exc:
+                result = failure(email.id, email.source, exc)
+            span.set(self._result_attributes(result))
+            if result.status == "failed":
+                span.fail(result.error[:200])
+        log.debug("email %s: %s in %.0f ms", email.id, result.status, (time.perf_counter() - started) * 1000)
+        return result
+
+    async def _cascade(self, work: _Work, stages: Sequence[str], given: Given) -> Result:
+        email, max_chars, budget = work.email, self.settings.input.max_prompt_chars, self._budget()
+        if "route" in stages:
+            router = self._router or (await asyncio.to_thread(lambda: self.router) if self._uses_router else None)
+            if router is not None:
+                routed = await self._stage(work, "route", lambda: asyncio.to_thread(embed_route, email, router,
+                                                                                    max_chars))
             else:
-                routed = _given_route(given)
-            retrieved = (await asyncio.to_thread(self._retrieve, email, routed) if "retrieve" in stages
-                         else _given_hits(given))
-            drafted = None
-            if "draft" in stages and _can_draft(routed):
-                drafted = await draft_stage.adraft(email, _department(routed), retrieved.value or (), self.llm,
-                                                   self.prompts["draft"], self.settings, self.policies["draft"],
-                                                   budget)
-            return await asyncio.to_thread(self._finish, email, routed, retrieved, drafted, stages)
-        except Exception as exc:
-            return failure(email.id, email.source, exc)
+                llm = self._llm_for(work, "route")
+                routed = await self._stage(work, "route", lambda: route_stage.aroute(
+                    email, llm, self.prompts["route"], self.settings, self.policies["route"], budget, self.few_shot))
+        else:
+            routed = _given_route(given)
+        if "retrieve" in stages:
+            retrieved = await self._stage(work, "retrieve", lambda: asyncio.to_thread(self._retrieve, email, routed))
+        else:
+            retrieved = _given_hits(given)
+        drafted = None
+        if "draft" in stages and _can_draft(routed):
+            llm = self._llm_for(work, "draft")
+            drafted = await self._stage(work, "draft", lambda: draft_stage.adraft(
+                email, _department(routed), retrieved.value or (), llm, self.prompts["draft"], self.settings,
+                self.policies["draft"], budget))
+        return await asyncio.to_thread(self._finish, email, routed, retrieved, drafted, stages)
+
+    async def _stage(self, work: _Work, name: str, run: Callable[[], Awaitable[StageOutput[T]]]) -> StageOutput[T]:
+        work.stage = name
+        if work.passed():
+            raise _DeadlinePassed
+        kind = "RETRIEVER" if name == "retrieve" else "CHAIN"
+        attributes: dict[str, AttributeValue] = {"mailcascade.stage": name}
+        if self.tracer.include_content and name == "retrieve":
+            attributes["input.value"] = f"{work.email.subject}\n\n{work.email.body}"
+        with self.tracer.span(name, kind, attributes) as span:
+            out = await run()
+            span.set(self._stage_attributes(out))
+            if out.record.status in ("failed", "error"):
+                span.fail(out.record.error_code or out.record.status)
+        work.done.append(out)
+        return out
+
+    def _llm_for(self, work: _Work, stage: str) -> LLM:
+        llm = self.llm
+        if work.expires is not None:
+            llm = _DeadlineLLM(llm, work.expires, work.deadline_s)
+        if not isinstance(self.tracer, NoTracer):
+            llm = TracedLLM(llm, self.tracer, stage)
+        return llm
+
+    async def _deadline_result(self, work: _Work) -> Result:
+        """The email's failure record when its deadline passed: the stages that finished, then the one that was
+        running (or due) with status error and error_code deadline_exceeded."""
+        records = [o.record for o in work.done]
+        if not any(r.error_code == DEADLINE for r in records):
+            records.append(StageRecord(stage=work.stage, status="error", error_code=DEADLINE,
+                                       error=f"{work.stage}: {_deadline_message(work.deadline_s)}"))
+        log.warning("email %s: the deadline of %g s (pipeline.deadline_s) passed during %s", work.email.id,
+                    work.deadline_s, work.stage)
+        await asyncio.to_thread(self._log, work.email, work.done)
+        failed = [r for r in records if r.status in ("failed", "error")]
+        return Result(id=work.email.id, status="failed", source=work.email.source, stages=tuple(records),
+                      error="; ".join(r.error for r in failed))
 
     # many emails --------------------------------------------------------
     def run_many(
@@ -204,7 +334,12 @@ class Pipeline:
         on_result: Callable[[int, Result], None] | None = None,
         *, stages: Sequence[str] = STAGES, given: Callable[[Email], Given | None] | None = None,
     ) -> list[Result]:
-        limit = asyncio.Semaphore(max(1, concurrency or self.settings.concurrency))
+        width = max(1, concurrency or self.settings.concurrency)
+        limit = asyncio.Semaphore(width)
+        items = list(items)
+        log.info("run %s: %d emails, stages %s, concurrency %d", self.run_id or "-", len(items), ",".join(stages),
+                 width)
+        started = time.perf_counter()
 
         async def one(position: int, item: Item) -> Result:
             async with limit:
@@ -216,7 +351,11 @@ class Pipeline:
                 on_result(position, result)
             return result
 
-        return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+        results = list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+        failed = sum(r.status == "failed" for r in results)
+        log.info("run %s finished: %d ok, %d failed in %.1f s", self.run_id or "-", len(results) - failed, failed,
+                 time.perf_counter() - started)
+        return results
 
     # internals ----------------------------------------------------------
     def _budget(self) -> Budget:
@@ -226,6 +365,42 @@ class Pipeline:
         department = routed.value.department if routed.value else None
         return retrieve_stage.retrieve(email, department, self.index, self.settings.retrieval,
                                        self.settings.input.max_prompt_chars)
+
+    def _email_attributes(self, email: Email, stages: Sequence[str]) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {"mailcascade.email.id": email.id,
+                                                 "mailcascade.stages": ",".join(stages)}
+        if self.run_id:
+            attributes["mailcascade.run_id"] = self.run_id
+        if self.tracer.include_content:
+            attributes["input.value"] = f"Subject: {email.subject}\n\n{email.body}"
+        return attributes
+
+    def _result_attributes(self, result: Result) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {"mailcascade.status": result.status}
+        if result.department:
+            attributes["mailcascade.department"] = result.department
+        codes = sorted({s.error_code for s in result.stages if s.error_code})
+        if codes:
+            attributes["mailcascade.error_codes"] = ",".join(codes)
+        if self.tracer.include_content and result.draft is not None:
+            attributes["output.value"] = result.draft.reply
+        return attributes
+
+    def _stage_attributes(self, out: StageOutput[Any]) -> dict[str, AttributeValue]:
+        record = out.record
+        attributes: dict[str, AttributeValue] = {
+            "mailcascade.stage.status": record.status, "mailcascade.attempts": len(record.attempts),
+            "mailcascade.failure_codes": ",".join(record.failure_codes),
+        }
+        for key, value in (("mailcascade.prompt_hash", record.prompt_hash), ("mailcascade.model", record.model),
+                           ("mailcascade.error_code", record.error_code)):
+            if value:
+                attributes[key] = value
+        if record.stage == "retrieve" and out.value:
+            attributes.update(document_attributes(out.value, self.tracer.include_content))
+        if isinstance(out.value, RouteDecision):
+            attributes["mailcascade.department"] = out.value.department
+        return attributes
 
     def _finish(
         self, email: Email, routed: StageOutput[RouteDecision], retrieved: StageOutput[tuple[Hit, ...]],
@@ -293,3 +468,102 @@ def failure(email_id: str, source: str, exc: BaseException) -> Result:
 
 def parse_failure(error: EmailParseError) -> Result:
     return Result(id=error.source or "unknown", status="failed", source=error.source, error=error.reason)
+
+
+_GRACE_S = 0.25  # the backstop fires this long after the deadline, so a model call ends first with its own record
+
+
+def _deadline_message(seconds: float) -> str:
+    return f"the email's deadline of {seconds:g} s passed (pipeline.deadline_s)"
+
+
+class _DeadlinePassed(Exception):
+    """Raised before a stage starts when the email's deadline has passed."""
+
+
+@dataclass
+class _Work:
+    """One email in flight: its deadline, the stage running now, the stages done."""
+
+    email: Email
+    deadline_s: float
+    expires: float | None  # time.monotonic() when the deadline passes
+    stage: str = "route"
+    done: list[StageOutput[Any]] = field(default_factory=list)
+
+    def passed(self) -> bool:
+        return self.expires is not None and time.monotonic() >= self.expires
+
+
+class _DeadlineLLM:
+    """An LLM whose calls end when the email's deadline passes: the call is cancelled and an LLMError with code
+    deadline_exceeded raised (so the stage record has status error, like any answer that did not come)."""
+
+    def __init__(self, inner: LLM, expires: float, seconds: float) -> None:
+        self._inner = inner
+        self._expires = expires
+        self._seconds = seconds
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    def _left(self) -> float:
+        left = self._expires - time.monotonic()
+        if left <= 0:
+            raise self._error(attempts=0)
+        return left
+
+    def _error(self, attempts: int) -> LLMError:
+        return LLMError(_deadline_message(self._seconds), retryable=False, attempts=attempts, code=DEADLINE)
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        self._left()
+        return self._inner.complete(request)  # the pipeline calls acomplete; a sync call cannot be cancelled
+
+    async def acomplete(self, request: ChatRequest) -> ChatResponse:
+        try:
+            return await asyncio.wait_for(self._inner.acomplete(request), self._left())
+        except TimeoutError:
+            raise self._error(attempts=1) from None
+
+
+def _router_factory(settings: Settings, embedder: EmbedderLike) -> Callable[[], EmbeddingRouter]:
+    """Check the embedding router's examples now (cheap); embed them when the router is first used."""
+    if not settings.route.examples_path:
+        raise ConfigError('[route] strategy = "embedding" needs examples_path', key="route.examples_path")
+    pairs = load_examples(settings.route.examples_path, settings.department_names)
+    route = settings.route
+
+    def build() -> EmbeddingRouter:
+        return EmbeddingRouter([t for t, _ in pairs], [label for _, label in pairs], embedder, route.neighbours,
+                               oos_quantile=route.oos_quantile)
+
+    return build
+
+
+class _LoopThread:
+    """An event loop on a daemon thread of its own, started on first use: the sync API runs the async code there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="mailcascade-loop", daemon=True)
+                self._thread.start()
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from mailcascade.errors import LLMError
 from mailcascade.types import ChatRequest, ChatResponse
 
 SNIPPET_CHARS = 300
+log = logging.getLogger(__name__)
 _SDKClient = TypeVar("_SDKClient", openai.OpenAI, openai.AsyncOpenAI)
 
 
@@ -187,6 +189,7 @@ class OpenAIClient:
             "wait": self._wait,
             "retry": retry_if_exception(lambda e: isinstance(e, LLMError) and e.retryable and not self.breaker.is_open),
             "reraise": True,
+            "before_sleep": _log_retry,
         }
 
     def _wait(self, state: RetryCallState) -> float:
@@ -324,6 +327,17 @@ class CircuitBreaker:
         with self._lock:
             self._in_a_row += 1
             self._last = message
+            opened = self._in_a_row == self.limit
+        if opened:
+            log.warning("circuit breaker open: the model endpoint failed %d times in a row; no more requests are sent",
+                        self.limit)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    code = exc.code if isinstance(exc, LLMError) else type(exc).__name__
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.info("model request failed (%s), attempt %d; retrying in %.2f s", code, state.attempt_number, wait)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

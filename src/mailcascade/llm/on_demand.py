@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 
 from mailcascade.config import Settings
@@ -15,6 +16,8 @@ from mailcascade.errors import LLMError
 from mailcascade.llm.base import LLM
 from mailcascade.llm.local_server import local_server_if_needed
 from mailcascade.types import ChatRequest, ChatResponse
+
+log = logging.getLogger(__name__)
 
 
 class ServerOnDemand:
@@ -38,19 +41,31 @@ class ServerOnDemand:
                 return
             stack = contextlib.ExitStack()
             try:
-                stack.enter_context(local_server_if_needed(self._settings))
+                server = stack.enter_context(local_server_if_needed(self._settings))
             except LLMError as exc:
+                log.error("the embedded model server did not start: %s", exc)
                 self._failed = exc
                 raise
+            if server is not None:
+                log.info("started the embedded model server at %s", server.base_url)
+                stack.callback(log.info, "stopped the embedded model server at %s", server.base_url)
             self._stack = stack
+
+    @property
+    def started(self) -> bool:
+        """Whether `ensure` ran (and succeeded): a server was started, or one answers already, or none is needed."""
+        return self._stack is not None
+
+    async def aensure(self) -> None:
+        if self._stack is None:
+            await asyncio.to_thread(self.ensure)
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         self.ensure()
         return self._inner.complete(request)
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        if self._stack is None:
-            await asyncio.to_thread(self.ensure)
+        await self.aensure()
         return await self._inner.acomplete(request)
 
     def close(self) -> None:

@@ -1,0 +1,196 @@
+"""Library readiness: async lifecycle, nothing started that the stages do not need, the per-email deadline, logging.
+
+Against the fake model server on loopback (real openai client, retries and validator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from fakes import HashEmbedder, sensible, stage_of
+from fakeserver import Delay, FakeServer, Reply, Status
+from mailcascade.catalog import build_index, catalog_passages, load_catalog
+from mailcascade.config import LLMSettings, PipelineSettings, Settings, load_settings
+from mailcascade.errors import ConfigError
+from mailcascade.eval.records import infrastructure_errors
+from mailcascade.pipeline import Pipeline
+from mailcascade.types import Email
+
+CATALOG = Path(__file__).resolve().parents[1] / "data" / "catalog.jsonl"
+EMAIL = Email(id="e1", subject="Refund please", body="I returned the Trail shoes last week. Where is my refund?")
+EXAMPLES = [("I want my money back for the shoes", "returns"), ("my invoice shows a double charge", "billing"),
+            ("where is my parcel, tracking has not moved", "shipping"), ("please cancel my order", "orders")]
+
+
+@pytest.fixture(scope="module")
+def index():  # type: ignore[no-untyped-def]
+    return build_index(catalog_passages(load_catalog(CATALOG)), HashEmbedder())
+
+
+def settings_for(tmp_path: Path, base_url: str, *, deadline_s: float = 0.0, strategy: str = "llm",
+                 **llm: object) -> Settings:
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text("".join(json.dumps({"text": t, "department": d}) + "\n" for t, d in EXAMPLES))
+    base = Settings()
+    llm_settings = dataclasses.replace(
+        LLMSettings(base_url=base_url, model="fake-model", api_key="sk-test-SECRET-4242", max_retries=2,
+                    backoff_initial_s=0.01, backoff_max_s=0.02, timeout_s=30),
+        **llm)  # type: ignore[arg-type]
+    return base.replace(
+        llm=llm_settings,
+        store=dataclasses.replace(base.store, path=str(tmp_path / "log.db"), cache=False),
+        route=dataclasses.replace(base.route, strategy=strategy, examples_path=str(examples)),  # type: ignore[arg-type]
+        pipeline=PipelineSettings(deadline_s=deadline_s),
+    )
+
+
+def _children_named(word: str) -> list[int]:
+    """Processes whose parent is this test process and whose command line mentions `word`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == os.getpid() and word in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_async_with_runs_against_the_fake_server_and_closes(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    async def main(server: FakeServer) -> list[str]:
+        async with Pipeline.from_config(settings=settings_for(tmp_path, server.base_url), index=index) as pipeline:
+            await pipeline.astart()
+            results = await pipeline.arun_many([EMAIL, dataclasses.replace(EMAIL, id="e2")], concurrency=2)
+        return [r.status for r in results] + [r.department or "" for r in results]
+
+    with FakeServer(sensible) as server:
+        assert asyncio.run(main(server)) == ["ok", "ok", "returns", "returns"]
+        assert {stage_of(b) for b in server.bodies} == {"route", "draft"}
+
+
+def test_sync_with_and_run_share_the_async_path(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(sensible) as server, \
+            Pipeline.from_config(settings=settings_for(tmp_path, server.base_url), index=index) as pipeline:
+        first = pipeline.run(EMAIL)
+        second = pipeline.run(dataclasses.replace(EMAIL, id="e2"))
+    assert (first.status, second.status) == ("ok", "ok") and first.draft is not None
+    pipeline.close()  # closing twice is fine
+    with FakeServer(sensible) as server:  # and a closed pipeline starts again on use
+        again = Pipeline.from_config(settings=settings_for(tmp_path, server.base_url), index=index)
+        again.close()
+        assert again.run(EMAIL).status == "ok"
+        again.close()
+
+
+def test_from_config_is_lazy_and_embedding_routing_never_starts_a_model_server(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    # the default settings point at the embedded llama.cpp server; routing by embedding and retrieval need none
+    settings = settings_for(tmp_path, Settings().llm.base_url, strategy="embedding")
+    assert settings.uses_local_server
+    embedder = HashEmbedder()
+    pipeline = Pipeline.from_config(settings=settings, embedder=embedder, index=index)
+    assert embedder.calls == 0  # from_config embeds nothing: the router's examples are embedded on first use
+    assert pipeline.needs(("route", "retrieve")) == {"router", "index"}
+    assert pipeline.needs() == {"router", "index", "model"}
+
+    async def main() -> list[str]:
+        async with pipeline:
+            await pipeline.astart(("route", "retrieve"))
+            assert embedder.calls == 1  # the examples, once
+            results = await pipeline.arun_many([EMAIL] * 3, stages=("route", "retrieve"))
+            assert pipeline._server is not None and not pipeline._server.started
+            assert _children_named("llama") == []
+        return [r.status for r in results]
+
+    assert asyncio.run(main()) == ["ok", "ok", "ok"]
+
+
+def test_an_embedding_route_only_run_sends_no_model_request(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(sensible) as server:
+        settings = settings_for(tmp_path, server.base_url, strategy="embedding")
+        with Pipeline.from_config(settings=settings, embedder=HashEmbedder(), index=index) as pipeline:
+            pipeline.start(("route",))
+            result = pipeline.run(EMAIL, stages=("route", "retrieve"))
+        assert result.status == "ok" and result.department in {d for _, d in EXAMPLES} and len(result.hits) == 5
+        assert server.requests == []
+
+
+def test_start_names_an_unknown_stage(tmp_path: Path) -> None:
+    pipeline = Pipeline.from_config(settings=settings_for(tmp_path, "http://127.0.0.1:9/v1"))
+    with pytest.raises(ConfigError, match=r"unknown stage.*rout"):
+        pipeline.start(("rout",))
+
+
+def test_a_hanging_model_call_is_cancelled_at_the_deadline_and_the_batch_goes_on(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(sensible) as server:
+        server.push(Delay(60))  # the first email's route call hangs (the transport timeout is 30 s)
+        settings = settings_for(tmp_path, server.base_url, deadline_s=0.5)
+        with Pipeline.from_config(settings=settings, index=index) as pipeline:
+            hung = pipeline.run(EMAIL)
+            still_waiting = server._in_flight  # the hanging request has not been answered: the call was abandoned
+            rest = pipeline.run_many([dataclasses.replace(EMAIL, id=f"n{i}") for i in range(3)])
+    assert hung.status == "failed" and still_waiting == 1
+    route = hung.stages[0]
+    assert (route.stage, route.status, route.error_code) == ("route", "error", "deadline_exceeded")
+    assert "pipeline.deadline_s" in hung.error
+    assert [s.stage for s in hung.stages] == ["route"]  # nothing ran after the deadline
+    assert [r.status for r in rest] == ["ok", "ok", "ok"]
+    assert infrastructure_errors([hung.to_dict(), *(r.to_dict() for r in rest)])["codes"] == {"deadline_exceeded": 1}
+
+
+def test_the_deadline_covers_re_asks(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    # every answer is invalid (a re-ask follows) and takes 0.3 s: the second or third call crosses 0.5 s
+    with FakeServer(lambda body: Reply("not json at all"), latency_s=0.3) as server:
+        settings = settings_for(tmp_path, server.base_url, deadline_s=0.5)
+        settings = settings.replace(validation=dataclasses.replace(settings.validation, max_attempts=10))
+        with Pipeline.from_config(settings=settings, index=index) as pipeline:
+            result = asyncio.run(pipeline.arun(EMAIL))
+    route = result.stages[0]
+    assert route.status == "error" and route.error_code == "deadline_exceeded"
+    assert 1 <= len(route.attempts) < 10 and route.attempts[0].status == "failed"  # the answers before it are kept
+
+
+def test_the_deadline_covers_transport_retries(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(lambda body: Status(500)) as server:
+        settings = settings_for(tmp_path, server.base_url, deadline_s=0.4, max_retries=50, backoff_initial_s=0.1,
+                                backoff_max_s=0.1)
+        with Pipeline.from_config(settings=settings, index=index) as pipeline:
+            result = pipeline.run(EMAIL)
+        sent = len(server.chat_requests)
+    route = result.stages[0]
+    assert route.status == "error" and route.error_code == "deadline_exceeded"
+    assert 1 <= sent < 51  # retries went on until the deadline, not until max_retries
+
+
+def test_the_deadline_setting_is_checked() -> None:
+    assert load_settings(env={"MAILCASCADE_PIPELINE__DEADLINE_S": "2.5"}).pipeline.deadline_s == 2.5
+    with pytest.raises(ConfigError, match=r"pipeline\.deadline_s: must be >= 0"):
+        load_settings(env={"MAILCASCADE_PIPELINE__DEADLINE_S": "-1"})
+
+
+def test_logging_says_what_happened_and_never_email_text_or_secrets(tmp_path: Path, index, caplog) -> None:  # type: ignore[no-untyped-def]
+    body = "ZEBRA-PINEAPPLE-7731 my order never came"
+    subject = "QUOKKA-SUBJECT-991"
+    with FakeServer(sensible) as server:
+        server.push(Status(500, message=f"echo of {body}"))  # one retry, with the email text in the error body
+        settings = settings_for(tmp_path, server.base_url)
+        with caplog.at_level(logging.DEBUG, logger="mailcascade"), \
+                Pipeline.from_config(settings=settings, index=index) as pipeline:
+            results = pipeline.run_many([Email(id="secret-test", subject=subject, body=body)])
+    assert results[0].status == "ok", results[0].error
+    mine = [r for r in caplog.records if r.name.startswith("mailcascade")]
+    text = "\n".join(r.getMessage() for r in mine)
+    assert "retrying" in text and "run " in text and "finished: 1 ok" in text and "email secret-test: ok" in text
+    for needle in ("ZEBRA", "PINEAPPLE", "QUOKKA", "SECRET-4242", "sk-test", "never came"):
+        assert needle not in text
+    assert all(r.name == "mailcascade" or r.name.startswith("mailcascade.") for r in mine)
