@@ -194,3 +194,31 @@ def test_logging_says_what_happened_and_never_email_text_or_secrets(tmp_path: Pa
     for needle in ("ZEBRA", "PINEAPPLE", "QUOKKA", "SECRET-4242", "sk-test", "never came"):
         assert needle not in text
     assert all(r.name == "mailcascade" or r.name.startswith("mailcascade.") for r in mine)
+
+
+class _SlowIndex:
+    """A catalogue searcher that takes longer than the deadline (CPU work is not a model call)."""
+
+    def __init__(self, inner, seconds: float) -> None:  # type: ignore[no-untyped-def]
+        self._inner = inner
+        self._seconds = seconds
+        self.name = "slow"
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._inner, name)
+
+    def search(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(self._seconds)
+        return self._inner.search(*args, **kwargs)
+
+
+def test_the_deadline_also_ends_work_that_is_not_a_model_call(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(sensible) as server:
+        settings = settings_for(tmp_path, server.base_url, deadline_s=0.3)
+        with Pipeline.from_config(settings=settings, index=_SlowIndex(index, 1.5)) as pipeline:
+            result = pipeline.run(EMAIL)
+    assert [(s.stage, s.status, s.error_code) for s in result.stages] == [
+        ("route", "ok", ""), ("retrieve", "error", "deadline_exceeded")]
+    assert result.status == "failed" and result.department == "returns" and "retrieve:" in result.error

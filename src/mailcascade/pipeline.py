@@ -236,17 +236,17 @@ class Pipeline:
         with self.tracer.span("email", "CHAIN", self._email_attributes(email, stages)) as span:
             try:
                 if work.expires is None:
-                    result = await self._cascade(work, stages, given or Given())
+                    outputs = await self._cascade(work, stages, given or Given())
                 else:
                     # a backstop for work that is not a model call (the model calls end at the deadline themselves)
                     async with asyncio.timeout(deadline + _GRACE_S) as limit:
-                        result = await self._cascade(work, stages, given or Given())
+                        outputs = await self._cascade(work, stages, given or Given())
+                result = await asyncio.to_thread(self._finish, email, *outputs, stages)
             except _DeadlinePassed:
                 result = await self._deadline_result(work)
-            except TimeoutError:
-                if work.expires is None or not limit.expired():
-                    raise
-                result = await self._deadline_result(work)
+            except TimeoutError as exc:  # the backstop's, or a TimeoutError from inside a stage
+                expired = work.expires is not None and limit.expired()
+                result = await self._deadline_result(work) if expired else failure(email.id, email.source, exc)
             except Exception as exc:
                 result = failure(email.id, email.source, exc)
             span.set(self._result_attributes(result))
@@ -255,7 +255,9 @@ class Pipeline:
         log.debug("email %s: %s in %.0f ms", email.id, result.status, (time.perf_counter() - started) * 1000)
         return result
 
-    async def _cascade(self, work: _Work, stages: Sequence[str], given: Given) -> Result:
+    async def _cascade(self, work: _Work, stages: Sequence[str], given: Given) -> tuple[
+        StageOutput[RouteDecision], StageOutput[tuple[Hit, ...]], StageOutput[Draft] | None
+    ]:
         email, max_chars, budget = work.email, self.settings.input.max_prompt_chars, self._budget()
         if "route" in stages:
             router = self._router or (await asyncio.to_thread(lambda: self.router) if self._uses_router else None)
@@ -278,7 +280,7 @@ class Pipeline:
             drafted = await self._stage(work, "draft", lambda: draft_stage.adraft(
                 email, _department(routed), retrieved.value or (), llm, self.prompts["draft"], self.settings,
                 self.policies["draft"], budget))
-        return await asyncio.to_thread(self._finish, email, routed, retrieved, drafted, stages)
+        return routed, retrieved, drafted
 
     async def _stage(self, work: _Work, name: str, run: Callable[[], Awaitable[StageOutput[T]]]) -> StageOutput[T]:
         work.stage = name
@@ -305,8 +307,8 @@ class Pipeline:
         return llm
 
     async def _deadline_result(self, work: _Work) -> Result:
-        """The email's failure record when its deadline passed: the stages that finished, then the one that was
-        running (or due) with status error and error_code deadline_exceeded."""
+        """The email's failure record when its deadline passed: the stages that finished (with their outputs), then
+        the one that was running (or due) with status error and error_code deadline_exceeded."""
         records = [o.record for o in work.done]
         if not any(r.error_code == DEADLINE for r in records):
             records.append(StageRecord(stage=work.stage, status="error", error_code=DEADLINE,
@@ -315,7 +317,11 @@ class Pipeline:
                     work.deadline_s, work.stage)
         await asyncio.to_thread(self._log, work.email, work.done)
         failed = [r for r in records if r.status in ("failed", "error")]
-        return Result(id=work.email.id, status="failed", source=work.email.source, stages=tuple(records),
+        values = {o.record.stage: o.value for o in work.done}
+        route, hits = values.get("route"), values.get("retrieve")
+        return Result(id=work.email.id, status="failed", source=work.email.source,
+                      route=route if isinstance(route, RouteDecision) else None,
+                      hits=hits if isinstance(hits, tuple) else (), stages=tuple(records),
                       error="; ".join(r.error for r in failed))
 
     # many emails --------------------------------------------------------
