@@ -83,7 +83,21 @@ def test_command_line_is_accepted_by_llama_cpp_server(tmp_path: Path) -> None:
     add_args_from_model(parser, LlamaSettings)
     args = parser.parse_args(cmd[3:])  # exits (SystemExit) on an unknown flag
     assert (args.model, args.host, args.port) == (str(model), "127.0.0.1", 8123)
-    assert (args.n_ctx, args.n_threads, args.model_alias) == (1024, 3, LOCAL_MODEL)
+    assert (args.n_ctx, args.n_threads, args.n_threads_batch, args.model_alias) == (1024, 3, 3, LOCAL_MODEL)
+    assert (args.cache, args.cache_type, args.cache_size) == (True, "ram", 512 * 1024 * 1024)
+
+
+def test_threads_split_the_cores_between_server_and_embedder() -> None:
+    from mailcascade.config import EmbeddingSettings, embedder_threads, server_threads
+
+    assert server_threads(LocalServerSettings(), cores=2) == (1, 1)  # 1 each on 2 cores, both running
+    assert embedder_threads(EmbeddingSettings(), cores=2) == 1
+    assert server_threads(LocalServerSettings(), cores=8) == (4, 4)
+    assert embedder_threads(EmbeddingSettings(), cores=8) == 4
+    assert server_threads(LocalServerSettings(), cores=1) == (1, 1)
+    assert embedder_threads(EmbeddingSettings(), cores=1) == 1
+    assert server_threads(LocalServerSettings(n_threads=3, n_threads_batch=2), cores=2) == (3, 2)
+    assert embedder_threads(EmbeddingSettings(threads=2), cores=2) == 2
 
 
 def test_is_up(fake_server: FakeServer) -> None:

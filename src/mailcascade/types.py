@@ -87,6 +87,7 @@ class ChatResponse:
     latency_ms: float = 0.0
     attempts: int = 1  # HTTP attempts, retries included
     cached: bool = False
+    queue_ms: float = 0.0  # waiting for a free server slot in the client (not part of latency_ms)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Attempt:
     latency_ms: float
     cached: bool = False
     http_attempts: int = 1  # requests sent for this answer, transport retries (429, 5xx, timeouts) included
+    queue_ms: float = 0.0  # waiting for a free server slot before the request(s) went out
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,8 @@ class StageRecord:
     model: str = ""
     attempts: tuple[Attempt, ...] = ()
     input_hash: str = ""
-    latency_ms: float = 0.0
+    latency_ms: float = 0.0  # the stage's own time: model calls (retries and re-asks included) and validation
+    queue_ms: float = 0.0  # time its model calls waited for a free server slot (not in latency_ms)
     error: str = ""
     error_code: str = ""  # with status "error": why no answer came (errors.TRANSPORT_CODES)
     lost_http_attempts: int = 0  # requests sent for the call that produced no answer (retries included)
@@ -184,6 +187,7 @@ class StageRecord:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "latency_ms": round(self.latency_ms, 1),
+            "queue_ms": round(self.queue_ms, 1),
             "input_hash": self.input_hash,
             **({"error": self.error} if self.error else {}),
             **({"error_code": self.error_code} if self.error_code else {}),

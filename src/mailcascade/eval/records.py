@@ -217,8 +217,9 @@ def cost(records: Sequence[Record], prices: tuple[float, float] = (0.0, 0.0)) ->
         for s in r["stages"]:
             if s["status"] not in ("ok", "failed"):
                 continue
-            row = per_stage.setdefault(s["stage"], {"latency_ms": [], "tokens": []})
+            row = per_stage.setdefault(s["stage"], {"latency_ms": [], "queue_ms": [], "tokens": []})
             row["latency_ms"].append(s["latency_ms"])
+            row["queue_ms"].append(s.get("queue_ms", 0.0))  # records of older runs have none
             row["tokens"].append(s["tokens_in"] + s["tokens_out"])
             total += s["tokens_in"] + s["tokens_out"]
             usd += (s["tokens_in"] * prices[0] + s["tokens_out"] * prices[1]) / 1e6
@@ -232,7 +233,8 @@ def cost(records: Sequence[Record], prices: tuple[float, float] = (0.0, 0.0)) ->
         "usd_per_case": {"mean": mean_or_none(per_case_usd), "total": round(sum(per_case_usd), 6),
                          "prices_usd_per_mtok": list(prices)},
         "stages": {
-            name: {"latency_ms": percentiles(v["latency_ms"]), "tokens_mean": mean_or_none(v["tokens"]),
+            name: {"latency_ms": percentiles(v["latency_ms"]), "queue_ms": percentiles(v["queue_ms"]),
+                   "tokens_mean": mean_or_none(v["tokens"]),
                    "llm_calls": calls[name], "llm_calls_cached": cached[name]}
             for name, v in per_stage.items()
         },

@@ -271,9 +271,14 @@ def cost_section(cost: Mapping[str, Any], info: Mapping[str, Any]) -> str:
     rows = []
     for name, s in cost["stages"].items():
         lat = s["latency_ms"]
-        rows.append([name, *(num(lat.get(k), 1) for k in ("p50", "p90", "p95", "p99")), num(s["tokens_mean"], 1),
+        queue = s.get("queue_ms") or {}  # metrics of older runs have none
+        rows.append([name, *(num(lat.get(k), 1) for k in ("p50", "p90", "p95", "p99")),
+                     num(queue.get("p50"), 1), num(queue.get("p95"), 1), num(s["tokens_mean"], 1),
                      s["llm_calls"], s["llm_calls_cached"]])
-    body += table(["stage", "latency p50 ms", "p90", "p95", "p99", "tokens mean", "LLM calls", "from cache"], rows)
+    body += table(["stage", "latency p50 ms", "p90", "p95", "p99", "queue p50 ms", "queue p95", "tokens mean",
+                   "LLM calls", "from cache"], rows)
+    body += note("Latency is each stage's own time; queue is the time its model calls waited for a free server "
+                 "slot (llm.max_in_flight).")
     usd = cost.get("usd_per_case") or {}
     if any(usd.get("prices_usd_per_mtok") or ()):
         body += note(f"Cost: {num(usd.get('mean'), 6)} USD per case, {num(usd.get('total'), 4)} USD in all "
@@ -489,10 +494,12 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
         lines += ["", f"tokens per case: mean {num(tok.get('mean'), 1)}, p50 {num(tok.get('p50'), 1)}, "
                       f"p95 {num(tok.get('p95'), 1)}"
                   + (f"; USD per case: {num(usd.get('mean'), 6)}" if any(usd.get("prices_usd_per_mtok") or ()) else "")]
-        head = f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'tokens':>10}{'calls':>8}{'cached':>8}"
+        head = f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'queue p50':>10}{'tokens':>10}{'calls':>8}{'cached':>8}"
         lines += [head, "-" * len(head)]
         for stage, s in cost["stages"].items():
             lat = s["latency_ms"]
+            queue = s.get("queue_ms") or {}
             lines.append(f"{stage:<12}{num(lat.get('p50'), 1):>10}{num(lat.get('p95'), 1):>10}"
+                         f"{num(queue.get('p50'), 1):>10}"
                          f"{num(s['tokens_mean'], 1):>10}{s['llm_calls']:>8}{s['llm_calls_cached']:>8}")
     return "\n".join(lines)

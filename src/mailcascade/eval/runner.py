@@ -42,7 +42,7 @@ from mailcascade.pipeline import STAGES, Given, Pipeline
 from mailcascade.progress import PhaseBar, Progress
 from mailcascade.prompts import Prompt
 from mailcascade.stages.embed_route import EmbeddingRouter, email_text
-from mailcascade.types import Hit, Result
+from mailcascade.types import Hit
 
 ENCODE_CHUNK = 512  # texts per encode call, so a long embedding phase shows progress
 
@@ -223,7 +223,7 @@ def run_eval(
             case = todo[position]
             record = case_record(case, result, level=level, baselines=baselines.labels[case.id],
                                  baseline_confidence=baselines.confidence[case.id],
-                                 embed_sim=_embed_sim(vectors, result, case), labels=labels,
+                                 embed_sim=None, labels=labels,  # filled in after the run, batched
                                  passage_products=passage_products)
             # the user's own labelled data: kept in the run so the report can show each case's email
             record["email"] = {"subject": case.email.subject, "body": case.email.body, "from": case.email.sender}
@@ -234,6 +234,8 @@ def run_eval(
         asyncio.run(pipeline.arun_many([c.email for c in todo], options.concurrency, done_one,
                                        stages=options.stages, given=given if options.gold else None))
     records = read_records(records_path).records
+    if _fill_embed_sim(records, cases, vectors):
+        _write_jsonl(records_path, records)
     order = {c.id: i for i, c in enumerate(cases)}
     records.sort(key=lambda r: order.get(r["id"], len(order)))
     metrics = compute_metrics(records, labels=labels, level=level, seed=options.seed,
@@ -251,12 +253,26 @@ def run_eval(
     return out
 
 
-def _embed_sim(vectors: EmbeddingCache, result: Result, case: EvalCase) -> float | None:
-    reference = case.expected.reference_reply
-    if not reference or result.draft is None or not result.draft.reply:
-        return None
-    a, b = vectors.embedder.encode([result.draft.reply, reference])
-    return round(float(np.dot(a, b)), 6)
+def _fill_embed_sim(records: list[dict[str, Any]], cases: Sequence[EvalCase], vectors: EmbeddingCache) -> bool:
+    """Set each record's embedding similarity of draft and reference reply where it is missing; True if any was.
+
+    Done once after the model calls, not per case on the event loop (CPU work there stalls every request in
+    flight): the drafts are encoded in one batch, the reference replies of the whole selection in another that is
+    cached on disk, so a re-run does not embed them again.
+    """
+    todo = [r for r in records if r.get("embed_sim") is None and (r.get("draft") or {}).get("reply")
+            and (r.get("expected") or {}).get("reference_reply")]
+    if not todo:
+        return False
+    references = sorted({c.expected.reference_reply for c in cases if c.expected.reference_reply})
+    reference_rows = dict(zip(references, vectors.encode(references), strict=True))
+    drafts = vectors.embedder.encode([r["draft"]["reply"] for r in todo])
+    for record, draft in zip(todo, drafts, strict=True):
+        reference = reference_rows.get(record["expected"]["reference_reply"])
+        if reference is None:  # a record from another selection of cases
+            reference = vectors.embedder.encode([record["expected"]["reference_reply"]])[0]
+        record["embed_sim"] = round(float(np.dot(draft, reference)), 6)
+    return True
 
 
 def _run_info(

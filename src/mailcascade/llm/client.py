@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
 from mailcascade.config import LLMSettings
 from mailcascade.errors import LLMError
+from mailcascade.llm.slots import Slots
 from mailcascade.types import ChatRequest, ChatResponse
 
 SNIPPET_CHARS = 300
@@ -45,6 +46,8 @@ class OpenAIClient:
         self._timeout = openai.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
         self._lock = threading.Lock()
         self.breaker = CircuitBreaker(settings.max_consecutive_failures)
+        # requests in flight at once (settings.slots; None: no limit); the wait for a slot is queue_ms, not latency
+        self.slots = Slots(settings.slots) if settings.slots > 0 else None
         self._sync: openai.OpenAI | None = None
         # one async client per event loop: httpx connection pools must not cross loops
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
@@ -64,12 +67,13 @@ class OpenAIClient:
         client = self._sync_client()
         kwargs = self._kwargs(request)
         start = time.perf_counter()
-        attempts = 0
+        attempts, queued = 0, 0.0
         try:
             for attempt in Retrying(**self._retry_options()):
                 with attempt:
                     self.breaker.check()
                     attempts += 1
+                    queued += self.slots.acquire() if self.slots else 0.0
                     try:
                         raw = client.chat.completions.with_raw_response.create(**kwargs)
                         data = self._parse(raw.status_code, raw.text)
@@ -77,22 +81,26 @@ class OpenAIClient:
                         raise self._failed(self._error(exc)) from exc
                     except LLMError as exc:
                         raise self._failed(exc) from None
+                    finally:
+                        if self.slots:
+                            self.slots.release()
                     self.breaker.success()
         except LLMError as exc:
             raise self._final(exc, attempts) from exc
-        return self._response(data, attempts, start)
+        return self._response(data, attempts, start, queued)
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
         """Async `complete`."""
         client = self._async_client()
         kwargs = self._kwargs(request)
         start = time.perf_counter()
-        attempts = 0
+        attempts, queued = 0, 0.0
         try:
             async for attempt in AsyncRetrying(**self._retry_options()):
                 with attempt:
                     self.breaker.check()
                     attempts += 1
+                    queued += await self.slots.aacquire() if self.slots else 0.0
                     try:
                         raw = await client.chat.completions.with_raw_response.create(**kwargs)
                         data = self._parse(raw.status_code, raw.text)
@@ -100,10 +108,13 @@ class OpenAIClient:
                         raise self._failed(self._error(exc)) from exc
                     except LLMError as exc:
                         raise self._failed(exc) from None
+                    finally:
+                        if self.slots:
+                            self.slots.release()
                     self.breaker.success()
         except LLMError as exc:
             raise self._final(exc, attempts) from exc
-        return self._response(data, attempts, start)
+        return self._response(data, attempts, start, queued)
 
     def close(self) -> None:
         """Close the sync client and forget the async ones (use `aclose` inside a loop to close them)."""
@@ -255,7 +266,7 @@ class OpenAIClient:
                            status_code=status)
         return cast(dict[str, Any], data)
 
-    def _response(self, data: dict[str, Any], attempts: int, start: float) -> ChatResponse:
+    def _response(self, data: dict[str, Any], attempts: int, start: float, queued_s: float) -> ChatResponse:
         choice = data["choices"][0]
         content = choice["message"].get("content")
         raw_usage = data.get("usage")
@@ -267,8 +278,9 @@ class OpenAIClient:
             model=model if isinstance(model, str) and model else self._settings.model,
             tokens_in=_int(usage.get("prompt_tokens")),
             tokens_out=_int(usage.get("completion_tokens")),
-            latency_ms=(time.perf_counter() - start) * 1000.0,
+            latency_ms=(time.perf_counter() - start - queued_s) * 1000.0,
             attempts=attempts,
+            queue_ms=queued_s * 1000.0,
         )
 
     def _final(self, exc: LLMError, attempts: int) -> LLMError:
@@ -394,16 +406,21 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-# llama.cpp turns length and item bounds into nested grammar repetitions; large bounds fail to compile and take the
-# server process down. Bounds above these are left to the validator, which checks the full schema anyway.
-GRAMMAR_BOUNDS = {"maxLength": 256, "minLength": 256, "maxItems": 32, "minItems": 32}
+# llama.cpp compiles length, item and range bounds into grammar rules: nested repetitions that slow every sampled
+# token, and large ones (maxLength 4000) fail to compile and take the server process down. The validator checks the
+# full schema on every answer anyway, so in json_object mode none of them is sent; types, enums, required and
+# additionalProperties (the structure that keeps a small model on track) are.
+GRAMMAR_BOUNDS = frozenset({
+    "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+})
 
 
 def grammar_safe(schema: Any) -> Any:
-    """A copy of `schema` without length/item bounds too large for a llama.cpp grammar (json_object mode only)."""
+    """A copy of `schema` without length, item and range bounds (json_object mode only; see GRAMMAR_BOUNDS)."""
     if isinstance(schema, dict):
         return {k: grammar_safe(v) for k, v in schema.items()
-                if not (k in GRAMMAR_BOUNDS and isinstance(v, int) and v > GRAMMAR_BOUNDS[k])}
+                if not (k in GRAMMAR_BOUNDS and isinstance(v, int | float) and not isinstance(v, bool))}
     if isinstance(schema, list):
         return [grammar_safe(v) for v in schema]
     return schema

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings, Settings
+from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings, Settings, server_threads
 from mailcascade.errors import LLMError
 
 INSTALL_HINT = "pip install 'mailcascade[local]'"
@@ -115,14 +115,21 @@ class LocalServer:
         return path
 
     def command(self) -> list[str]:
-        """The command line that runs the server."""
+        """The command line that runs the server (threads from `server_threads`: half the cores by default)."""
+        threads, batch_threads = server_threads(self.settings)
         return [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(self.model_path()),
             "--host", self.host,
             "--port", str(self.port),
             "--n_ctx", str(self.settings.n_ctx),
-            "--n_threads", str(self.settings.n_threads),
+            "--n_threads", str(threads),
+            "--n_threads_batch", str(batch_threads),
+            # the RAM prompt cache: routes and drafts alternate, and without it each call re-evaluates the prompt
+            # prefix (instructions, departments) that the previous call of its stage already evaluated
+            "--cache", "true" if self.settings.cache else "false",
+            "--cache_type", "ram",
+            "--cache_size", str(self.settings.cache_size_mb * 1024 * 1024),
             "--model_alias", LOCAL_MODEL,
         ]  # fmt: skip
 

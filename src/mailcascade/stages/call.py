@@ -82,6 +82,7 @@ class Call:
                 number=number, raw=response.text, finish_reason=response.finish_reason, status=verdict.status,
                 findings=findings, tokens_in=response.tokens_in, tokens_out=response.tokens_out,
                 latency_ms=response.latency_ms, cached=response.cached, http_attempts=response.attempts,
+                queue_ms=response.queue_ms,
             )
         )
         self.actions.append(decision.action)
@@ -112,6 +113,7 @@ class Call:
         """The stage's trace; `lost` is the model error that ended the call without an answer, if any."""
         ok = self.accepted and lost is None
         error = f"{self.stage}: model call failed: {lost}" if lost else f"{self.stage}: {self.stop_reason}"
+        queued = sum(a.queue_ms for a in self.attempts)
         return StageRecord(
             stage=self.stage,
             status="ok" if ok else "error" if lost else "failed",
@@ -119,7 +121,8 @@ class Call:
             model=model,
             attempts=tuple(self.attempts),
             input_hash=input_hash,
-            latency_ms=(time.perf_counter() - started) * 1000,
+            latency_ms=max(0.0, (time.perf_counter() - started) * 1000 - queued),
+            queue_ms=queued,
             error="" if ok else error,
             error_code=lost.code if lost else "",
             lost_http_attempts=lost.attempts if lost else 0,
