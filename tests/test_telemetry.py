@@ -122,7 +122,7 @@ def test_off_by_default_and_settings_are_checked() -> None:
     assert isinstance(tracer_from_settings(TelemetrySettings(exporter="console")), OTelTracer)
     otlp = tracer_from_settings(TelemetrySettings(exporter="otlp", endpoint="http://127.0.0.1:9/v1/traces"))
     assert isinstance(otlp, OTelTracer)
-    otlp.shutdown()
+    otlp.flush()
     with pytest.raises(ConfigError, match=r"telemetry\.exporter"):
         load_settings(env={"MAILCASCADE_TELEMETRY__EXPORTER": "jaeger"})
 
@@ -135,3 +135,56 @@ def test_no_opentelemetry_import_when_telemetry_is_off(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _settings_with(tmp_path: Path, server: FakeServer, telemetry: TelemetrySettings) -> Settings:
+    base = Settings()
+    return base.replace(
+        llm=LLMSettings(base_url=server.base_url, model="fake-model", max_retries=1, timeout_s=5),
+        store=dataclasses.replace(base.store, path=str(tmp_path / "log.db"), cache=False), telemetry=telemetry)
+
+
+def test_the_console_exporter_from_settings_writes_the_spans(tmp_path: Path, index, capsys) -> None:  # type: ignore[no-untyped-def]
+    with FakeServer(sensible) as server:
+        settings = _settings_with(tmp_path, server, TelemetrySettings(exporter="console"))
+        with Pipeline.from_config(settings=settings, index=index) as pipeline:
+            assert pipeline.run(EMAIL).status == "ok"
+    out = capsys.readouterr().err
+    assert '"openinference.span.kind": "CHAIN"' in out and '"openinference.span.kind": "LLM"' in out
+    assert '"mailcascade.email.id": "e1"' in out and "WOMBAT" not in out
+
+
+def test_the_otlp_exporter_posts_the_spans_to_the_endpoint(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append((self.path, self.headers.get("Content-Type", ""), body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=collector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+        with FakeServer(sensible) as server:
+            settings = _settings_with(tmp_path, server, TelemetrySettings(exporter="otlp", endpoint=endpoint))
+            with Pipeline.from_config(settings=settings, index=index) as pipeline:
+                assert pipeline.run(EMAIL).status == "ok"
+    finally:
+        collector.shutdown()
+        collector.server_close()
+    assert received and all(path == "/v1/traces" for path, _, _ in received)
+    assert received[0][1] == "application/x-protobuf"
+    payload = b"".join(body for _, _, body in received)
+    assert b"openinference.span.kind" in payload and b"RETRIEVER" in payload and b"WOMBAT" not in payload

@@ -182,7 +182,7 @@ class Pipeline:
         if self._server is not None:
             self._server.close()
         self._loop.close()
-        self.tracer.shutdown()
+        self.tracer.flush()
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

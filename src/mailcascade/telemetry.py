@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -38,7 +39,7 @@ class Tracer(Protocol):
         self, name: str, kind: str, attributes: Mapping[str, AttributeValue]
     ) -> contextlib.AbstractContextManager[Span]: ...
 
-    def shutdown(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class _NoSpan:
@@ -58,7 +59,7 @@ class NoTracer:
     def span(self, name: str, kind: str, attributes: Mapping[str, AttributeValue]) -> Iterator[Span]:
         yield _NoSpan()
 
-    def shutdown(self) -> None:
+    def flush(self) -> None:
         pass
 
 
@@ -102,7 +103,7 @@ class OTelTracer:
                                   "pip install 'mailcascade[telemetry]'", key="telemetry.exporter") from None
             exporter = OTLPSpanExporter(endpoint=settings.endpoint)
         else:
-            exporter = ConsoleSpanExporter()
+            exporter = ConsoleSpanExporter(out=sys.stderr)  # stdout may carry records (`run --out -`)
         provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}))
         provider.add_span_processor(BatchSpanProcessor(exporter))
         return cls(provider, include_content=settings.include_content, owned=True)
@@ -112,10 +113,10 @@ class OTelTracer:
         with self._tracer.start_as_current_span(name, attributes={KIND: kind, **attributes}) as span:
             yield _OTelSpan(span)
 
-    def shutdown(self) -> None:
-        """Flush and stop the provider if it was built here (a provider passed in is the caller's to stop)."""
+    def flush(self) -> None:
+        """Export the spans still buffered, if the provider was built here (a provider passed in is the caller's)."""
         if self._owned:
-            self._provider.shutdown()
+            self._provider.force_flush()
 
 
 def tracer_from_settings(settings: TelemetrySettings) -> Tracer:
