@@ -174,6 +174,7 @@ def test_every_verdict_is_logged_without_email_bodies(tmp_path: Path, index) -> 
         server.push(Reply("```json\n" + ROUTE_OK + "\n```"))
         pipeline = make_pipeline(server, tmp_path, index)
         pipeline.run(EMAIL)
+        pipeline.close()  # commits the store's queued writes
     rows = list(Store(tmp_path / "log.db").verdicts(run_id=pipeline.run_id))
     assert [(r["stage"], r["status"]) for r in rows] == [("route", "repaired"), ("draft", "clean")]
     assert rows[0]["raw"].startswith("```json") and rows[0]["email_body"] is None

@@ -210,7 +210,8 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 def _store_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
-    p.add_argument("--db", metavar="FILE", help="the failure log database (default: config store.path)")
+    p.add_argument("--db", metavar="FILE_OR_URL", help="the failure log: a SQLite file or a postgresql:// URL "
+                   "(default: config store.url or store.path)")
     p.add_argument("--run", metavar="RUN_ID", help="only this run")
     p.add_argument("--stage", help="only this stage")
 
@@ -274,8 +275,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline.finish_run(summary)
     print(format_summary(summary), file=sys.stderr)
     kept = f" ({sink.n_previous} kept from before)" if sink is not None and sink.n_previous else ""
-    print(f"\nwrote {count} records to {args.out}{kept}; failure log: {settings.store.path} "
-          f"(run {pipeline.run_id})", file=sys.stderr)
+    where = pipeline.store.where if pipeline.store else "-"
+    print(f"\nwrote {count} records to {args.out}{kept}; failure log: {where} (run {pipeline.run_id})",
+          file=sys.stderr)
     unsent = [s.error for r in results for s in r.stages if s.error_code == "circuit_open"]
     if unsent:
         print(f"mailcascade: warning: {len(unsent)} emails were not sent to the model: "
@@ -329,12 +331,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _rows(args: argparse.Namespace) -> list[dict[str, object]]:
     from mailcascade.failures import load_rows
-    from mailcascade.store import Store
+    from mailcascade.store import Store, is_postgres_url, open_store
 
-    path = args.db or _settings(args).store.path
-    if not Path(path).is_file():
-        raise MailcascadeError(f"no failure log at {path}: run `mailcascade run` or `mailcascade eval` first")
-    return load_rows(Store(path), run_id=args.run, stage=args.stage)
+    store = _settings(args).store
+    target = args.db or store.url or store.path
+    if not is_postgres_url(target) and not Path(target).is_file():
+        raise MailcascadeError(f"no failure log at {target}: run `mailcascade run` or `mailcascade eval` first")
+    with Store(target, timeout_s=store.busy_timeout_s) if args.db else open_store(store) as opened:
+        return load_rows(opened, run_id=args.run, stage=args.stage)
 
 
 def cmd_failures(args: argparse.Namespace) -> int:

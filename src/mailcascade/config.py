@@ -177,7 +177,8 @@ class InputSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    path: str = ".mailcascade/mailcascade.db"
+    path: str = ".mailcascade/mailcascade.db"  # the SQLite file (used unless `url` is set)
+    url: str = ""  # postgresql://USER:PASSWORD@HOST:PORT/DB: a PostgreSQL store shared by many processes
     store_email_bodies: bool = False
     cache: bool = True  # persistent cache of model answers and retrieval results (re-runs reuse them)
     busy_timeout_s: float = 30.0  # how long a write waits for a database locked by another process, then is dropped

@@ -34,7 +34,7 @@ from mailcascade.stages import retrieve as retrieve_stage
 from mailcascade.stages import route as route_stage
 from mailcascade.stages.call import Budget, StageOutput
 from mailcascade.stages.embed_route import EmbeddingRouter, embed_route, load_examples
-from mailcascade.store import Store
+from mailcascade.store import Store, open_store
 from mailcascade.telemetry import AttributeValue, NoTracer, TracedLLM, Tracer, document_attributes, tracer_from_settings
 from mailcascade.types import ChatRequest, ChatResponse, Draft, Email, Hit, Result, RouteDecision, StageRecord
 from mailcascade.validate import Policy, default_policy
@@ -109,7 +109,7 @@ class Pipeline:
         Cheap: reads the settings, prompts and router examples and opens the store; no model, index or server is
         loaded or started here."""
         settings = settings or load_settings(path)
-        store = Store(settings.store.path, timeout_s=settings.store.busy_timeout_s)
+        store = open_store(settings.store)
         server = None
         if llm is None:
             server = ServerOnDemand(OpenAIClient(settings.llm), settings)  # the embedded server, on first use
@@ -178,7 +178,10 @@ class Pipeline:
 
     def close(self) -> None:
         """Stop the embedded model server if this pipeline started it, and the thread behind the sync `run`; flush
-        the traces. The pipeline may be used again (parts start again on first use)."""
+        the traces; commit the store's queued writes. The pipeline may be used again (parts start again on first
+        use)."""
+        if self.store is not None:
+            self.store.flush()
         if self._server is not None:
             self._server.close()
         self._loop.close()
