@@ -116,6 +116,24 @@ def svgs(html: str) -> list[str]:
     return re.findall(r"<svg\b.*?</svg>", html, flags=re.S)
 
 
+def case_data(html: str) -> dict[str, list[dict[str, Any]]]:
+    """The case browser's data, by case id: the runs' data of each row (one for a report, two for a compare)."""
+    found = re.search(r'<script type="application/json" id="case-data">(.*?)</script>', html, flags=re.S)
+    assert found is not None and "<" not in found.group(1)  # nothing in the data can close the script element
+    ids = re.findall(r'<tbody class="case" id="case-([^"]+)" data-n="(\d+)"', html)
+    data = json.loads(found.group(1))
+    assert [int(n) for _, n in ids] == list(range(len(data)))
+    return {case_id: data[int(n)] for case_id, n in ids}
+
+
+def chromium_dom(page: str, profile: Path) -> str:
+    """The DOM of a page (a file URI, with an optional #fragment) after its scripts ran, from headless Chromium."""
+    done = subprocess.run([str(CHROMIUM), "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
+                           "--disable-background-networking", f"--user-data-dir={profile}", "--dump-dom", page],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
 def test_report_has_sections_charts_and_nothing_external(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run", sample_records())
     path = write_report(run)
@@ -145,9 +163,11 @@ def test_report_has_sections_charts_and_nothing_external(tmp_path: Path) -> None
 
 def test_report_escapes_raw_outputs_and_lists_worst_cases_first_by_confidence(tmp_path: Path) -> None:
     html = write_report(write_run(tmp_path / "run", sample_records())).read_text(encoding="utf-8")
-    assert html.count("<script>") == 1  # the page's own case browser; the model's script is escaped
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
-    assert re.search(r"<details><summary>route attempt 1: clean.*?</summary><pre>Sure! &lt;script&gt;", html)
+    assert html.count("<script") == 2  # the case data and the case browser; the model's script is data
+    assert "<script>alert" not in html and "\\u003cscript\\u003ealert(" in html
+    attempt = case_data(html)["c2"][0]["stages"][0]["attempts"][0]
+    assert attempt == {"label": "route attempt 1: clean, finish stop, cached (prefix_text)",
+                       "raw": f"Sure! {SCRIPT} {{}}"}
     worst = html[html.index('<section id="worst">'):html.index('<section id="cases">')]
     # c2 (wrong, 0.97) before c3 (wrong, 0.55) before the failures (c4 route, c5 draft), then misses (c6)
     order = [worst.index(f"<code>{c}</code>") for c in ("c2", "c3", "c4", "c5", "c6")]
@@ -267,16 +287,17 @@ def test_following_an_alarm_link_opens_the_case_in_chromium(tmp_path: Path) -> N
     html = path.read_text(encoding="utf-8")
     link = re.search(r'<div class="alarm-warn">.*?href="(#case-c2)"', html, flags=re.S)
     assert link is not None
-    done = subprocess.run([str(CHROMIUM), "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-                           "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}",
-                           "--dump-dom", path.as_uri() + link.group(1)],
-                          capture_output=True, text=True, timeout=120, check=True)
-    case = re.search(r'<tbody class="case open" id="case-c2".*?</tbody>', done.stdout, flags=re.S)
+    dom = chromium_dom(path.as_uri() + link.group(1), tmp_path / "profile")
+    case = re.search(r'<tbody class="case open" id="case-c2".*?</tbody>', dom, flags=re.S)
     assert case is not None, "the linked case did not open"
     detail = case.group(0)
-    assert '<tr class="detail">' in detail  # no longer hidden
+    assert re.search(r'<tr class="detail"(?![^>]*hidden)[^>]*>', detail)  # no longer hidden
     assert "Parcel missing" in detail and "It never came." in detail and "route attempt 1" in detail
-    assert done.stdout.count('<tbody class="case open"') == 1  # only that one
+    # the raw model answer is shown as text: its script tag is escaped, not an element of the page
+    assert "<pre>Sure! &lt;script&gt;alert('x')&lt;/script&gt; {}</pre>" in detail
+    assert "thanks for your order" in detail and "reference reply" in detail
+    assert dom.count('<tbody class="case open"') == 1  # only that one
+    assert dom.count("<script") == 2
 
 
 def test_report_tolerates_sparse_runs_and_partial_diagnosis(tmp_path: Path) -> None:
@@ -310,8 +331,14 @@ def test_every_case_is_in_the_case_table_with_filters_and_links_from_alarms(tmp_
     assert 'data-gold="shipping"' in attrs["case-c2"] and 'data-pred="orders"' in attrs["case-c2"]
     for key in ("outcome", "gold", "pred", "code", "alarm"):
         assert f'<select data-filter="{key}">' in cases
-    assert 'Where &lt;is&gt; my parcel?' in cases and "It never came." in cases  # the email, escaped
-    assert "reference reply" in cases and "thanks for your order" in cases
+    data = case_data(html)
+    assert list(data) == [f"c{i}" for i in range(1, 7)]
+    assert data["c2"][0]["email"] == {"subject": "Where <is> my parcel?", "body": "It never came."}
+    assert data["c1"][0]["email"] is None  # a record without the email text
+    assert data["c2"][0]["reference"] == "thanks for your order" and data["c5"][0]["draft"] is None
+    assert data["c2"][0]["route"]["department"] == "orders" and data["c2"][0]["gold"] == "shipping"
+    assert [s["stage"] for s in data["c2"][0]["stages"]] == ["route", "retrieve", "draft"]
+    assert "Where" not in cases.replace(cases[cases.index('id="case-data">'):], "")  # the detail is not in the rows
     diagnosis = html[html.index('<section id="diagnosis">'):html.index('<section id="routing">')]
     for target in re.findall(r'href="#(case-[^"]+)"', diagnosis):
         assert target in attrs  # every alarm link lands on a case row

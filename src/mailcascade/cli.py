@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("run_a", metavar="RUN_A")
     cmp_.add_argument("run_b", metavar="RUN_B")
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp_.add_argument("--html", metavar="OUT", help="also write the comparison as one self-contained page: deltas "
+                      "with intervals, flipped cases side by side with both runs' outputs, prompt and config diffs")
     cmp_.set_defaults(func=cmd_compare)
 
     diag = sub.add_parser("diagnose", help="error analysis of a run: alarms, ceiling analysis, ablations, "
@@ -423,8 +425,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from mailcascade.eval.compare import compare_runs, format_compare
 
-    result = compare_runs(Path(args.run_a), Path(args.run_b))
+    if args.html:
+        from mailcascade.eval.compare_report import write_compare_html
+
+        result = write_compare_html(Path(args.run_a), Path(args.run_b), Path(args.html))
+    else:
+        result = compare_runs(Path(args.run_a), Path(args.run_b))
     print(json.dumps(result, indent=2) if args.json else format_compare(result))
+    if args.html:
+        print(f"\nwrote {args.html}", file=sys.stderr)
     return 0
 
 

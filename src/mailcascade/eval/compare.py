@@ -12,6 +12,7 @@ from mailcascade.eval.stats import mcnemar, paired_bootstrap
 
 Record = Mapping[str, Any]
 Getter = Callable[[Record], float | None]
+Run = tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]
 MISSING = "<absent>"
 
 
@@ -112,8 +113,13 @@ def _pairs(shared: Sequence[tuple[Record, Record]], get: Getter) -> tuple[list[s
 
 def compare_runs(a: Path, b: Path, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Differences B - A on the cases both runs share; raises EvalError when a directory is not a run."""
-    info_a, metrics_a, records_a = load_run(Path(a))
-    info_b, metrics_b, records_b = load_run(Path(b))
+    return compare_loaded(Path(a), load_run(Path(a)), Path(b), load_run(Path(b)), n_boot=n_boot, seed=seed)
+
+
+def compare_loaded(a: Path, run_a: Run, b: Path, run_b: Run, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """`compare_runs` over runs already loaded (`load_run`: run.json, metrics.json, records)."""
+    info_a, metrics_a, records_a = run_a
+    info_b, metrics_b, records_b = run_b
     by_b = {str(r["id"]): r for r in records_b}
     ids_a = {str(r["id"]) for r in records_a}
     shared = [(r, by_b[str(r["id"])]) for r in records_a if str(r["id"]) in by_b]

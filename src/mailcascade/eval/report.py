@@ -14,11 +14,10 @@ from mailcascade.errors import EvalError, MailcascadeError
 from mailcascade.eval import svg
 from mailcascade.eval.records import compute_metrics
 from mailcascade.eval.report_cases import CSS as CASES_CSS
-from mailcascade.eval.report_cases import case_link, cases_section
+from mailcascade.eval.report_cases import case_link, cases_section, failure_codes
 from mailcascade.jsonl import read_jsonl_records
 
 MAX_WORST = 20
-MAX_RAW_CHARS = 20_000
 FUNNEL = (("clean_first", "clean first"), ("repaired_first", "repaired"), ("lossy_first", "lossy"),
           ("rescued", "rescued"), ("failed", "failed"))
 FUNNEL_COLOURS = ("#38a169", "#2b6cb0", "#dd6b20", "#805ad5", "#c53030")
@@ -28,12 +27,12 @@ h1{margin-bottom:4px}h2{border-bottom:2px solid #2b6cb0;padding-bottom:3px;margi
 nav a{margin-right:12px}table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top}
 th{background:#f0f4f8}td:first-child,th:first-child{text-align:left}
-.note{color:#666;font-size:13px}.worst{border:1px solid #ddd;border-radius:4px;padding:6px 12px;margin:10px 0}
-.tag{background:#fed7d7;border-radius:3px;padding:1px 6px;font-size:12px;font-weight:normal}
+.note{color:#666;font-size:13px}
 .alarm-warn{border-left:4px solid #dd6b20;padding-left:8px}.alarm-error{border-left:4px solid #c53030;padding-left:8px}
 .alarm-info{border-left:4px solid #2b6cb0;padding-left:8px}
 pre{background:#f7f7f7;padding:8px;white-space:pre-wrap;word-break:break-word;max-height:400px;overflow:auto}
 svg.chart{display:block;margin:8px 0}code{font-size:12px}
+.diff .add{background:#e6ffed}.diff .del{background:#ffeef0}
 """
 
 
@@ -318,44 +317,20 @@ def worst_cases(records: Sequence[Mapping[str, Any]], limit: int = MAX_WORST) ->
     return out[:limit]
 
 
-def case_html(rank: int, why: str, r: Mapping[str, Any], level: str) -> str:
-    exp, route, draft = r.get("expected") or {}, r.get("route"), r.get("draft")
-    key = "passage_id" if level == "passage" else "product_id"
-    predicted = f"{route['department']} ({num(route.get('confidence'), 2)})" if route else "none (invalid)"
-    rows: list[list[Any]] = [["department", exp.get("department"), predicted]]
-    if exp.get("relevant") or r.get("retrieved"):
-        relevant = ", ".join(f"{k}:{v}" for k, v in (exp.get("relevant") or {}).items())
-        rows.append(["relevant / retrieved top 5", relevant, ", ".join(h[key] for h in (r.get("retrieved") or [])[:5])])
-    if draft is not None or any(s["stage"] == "draft" for s in r.get("stages", [])):
-        rows.append(["draft", "valid", "valid" if draft else "invalid"])
-    parts = [f'<div class="worst" id="worst-{rank}"><h3>{rank}. {case_link(r["id"])} '
-             f'<span class="tag">{escape(why)}</span></h3>', table(["", "expected", "predicted"], rows)]
-    if r.get("error"):
-        parts.append(note(f"error: {r['error']}"))
-    codes = "; ".join(f"{s['stage']}: {', '.join(s['failure_codes'])}" for s in r.get("stages", [])
-                      if s.get("failure_codes"))
-    hashes = ", ".join(f"{s['stage']} {s['prompt_hash']}" for s in r.get("stages", []) if s.get("prompt_hash"))
-    parts.append(f"<p>failure codes: {escape(codes or 'none')}<br>prompt hashes: {escape(hashes or '–')}</p>")
-    for s in r.get("stages", []):
-        for a in s.get("attempt_log") or []:
-            raw = str(a.get("raw") or "")
-            cut = raw[:MAX_RAW_CHARS] + (f"\n[... {len(raw) - MAX_RAW_CHARS} more characters]"
-                                         if len(raw) > MAX_RAW_CHARS else "")
-            acodes = ", ".join(c["code"] for c in a.get("codes", [])) or "no codes"
-            label = (f"{s['stage']} attempt {a.get('n')}: {a.get('status')}, finish {a.get('finish_reason')}"
-                     f"{', cached' if a.get('cached') else ''} ({acodes})")
-            parts.append(f"<details><summary>{escape(label)}</summary><pre>{escape(cut)}</pre></details>")
-    if draft and draft.get("reply"):
-        parts.append(f"<details><summary>draft reply</summary><pre>{escape(draft['reply'])}</pre></details>")
-    return "".join(parts) + "</div>"
-
-
-def worst_section(records: Sequence[Mapping[str, Any]], level: str) -> str:
+def worst_section(records: Sequence[Mapping[str, Any]]) -> str:
+    """The worst cases as a table; each id opens the case (email, outputs, raw attempts) in the case browser."""
     picked = worst_cases(records)
     if not picked:
         return section("worst", "Worst cases", note("No wrong or failed cases."))
-    body = "".join(case_html(i, why, r, level) for i, (why, r) in enumerate(picked, 1))
-    return section("worst", "Worst cases", note(f"Up to {MAX_WORST} cases that failed or were wrong.") + body)
+    rows = []
+    for rank, (why, r) in enumerate(picked, 1):
+        route = r.get("route")
+        predicted = f"{route['department']} ({num(route.get('confidence'), 2)})" if route else "none (invalid)"
+        rows.append([rank, Html(case_link(r["id"])), why, (r.get("expected") or {}).get("department"), predicted,
+                     ", ".join(failure_codes(r)) or "–"])
+    body = table(["#", "case", "why", "gold", "predicted", "failure codes"], rows)
+    return section("worst", "Worst cases", note(f"Up to {MAX_WORST} cases that failed or were wrong; click an id "
+                                                "to open the case.") + body)
 
 
 # ------------------------------------------------------------------ diagnosis hook (issue 5)
@@ -457,13 +432,18 @@ def render_report(info: Mapping[str, Any], metrics: Mapping[str, Any], records: 
     if metrics.get("cost"):
         parts.append(("cost", "Cost", cost_section(metrics["cost"], info)))
     level = str(info.get("relevance_level", "product"))
-    parts.append(("worst", "Worst cases", worst_section(records, level)))
+    parts.append(("worst", "Worst cases", worst_section(records)))
     diagnosis = metrics.get("diagnosis") if isinstance(metrics.get("diagnosis"), Mapping) else {}
     parts.append(("cases", "Cases", cases_section(records, level, (diagnosis or {}).get("alarms") or [])))
-    nav = "<nav>" + "".join(f'<a href="#{ident}">{escape(title)}</a>' for ident, title, _ in parts) + "</nav>"
-    title = escape(str((info.get("eval_set") or {}).get("name") or info.get("name") or "run"))
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>mailcascade eval: {title}</title>'
-            f"<style>{CSS}{CASES_CSS}</style></head><body>{header(info, metrics, records)}{nav}"
+    title = str((info.get("eval_set") or {}).get("name") or info.get("name") or "run")
+    return page(f"mailcascade eval: {title}", header(info, metrics, records), parts)
+
+
+def page(title: str, top: str, parts: Sequence[tuple[str, str, str]]) -> str:
+    """A whole self-contained page: the title, `top` (HTML), a menu of the parts (id, menu title, HTML)."""
+    nav = "<nav>" + "".join(f'<a href="#{ident}">{escape(name)}</a>' for ident, name, _ in parts) + "</nav>"
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{CSS}{CASES_CSS}</style></head><body>{top}{nav}"
             + "".join(body for _, _, body in parts) + "</body></html>\n")
 
 
