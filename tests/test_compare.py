@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bigrun import BITEXT, big_run
+from mailcascade.cli import main
 from mailcascade.errors import EvalError
 from mailcascade.eval.compare import compare_runs, dict_diff, format_compare
+from mailcascade.eval.compare_report import write_compare_html
 from mailcascade.eval.stats import mcnemar, paired_bootstrap
-from test_report import make_record, write_run
+from test_report import CHROMIUM, case_data, chromium_dom, make_record, write_run
 
 PROMPTS_A = {"route": "Route this email.\n", "draft": "Draft a reply.\nBe short.\n"}
 PROMPTS_B = {"route": "Route this email.\n", "draft": "Draft a reply.\nBe brief and kind.\n"}
@@ -125,3 +129,138 @@ def test_not_a_run_directory(tmp_path: Path, runs: tuple[Path, Path]) -> None:
     (runs[1] / "run.json").write_text("{not json")
     with pytest.raises(EvalError, match="cannot read"):
         compare_runs(runs[0], runs[1])
+
+
+# ------------------------------------------------------------------ compare --html
+
+
+def html_runs(tmp_path: Path, prompts_b: dict[str, str] = PROMPTS_B) -> tuple[Path, Path]:
+    """Runs A and B of the fixture plus one case scored alike in both (it must not show as flipped)."""
+    same = make_record("c7", "billing", "billing", retrieved=("p1",))
+    a = write_run(tmp_path / "a", [*run_a(), same], prompts=PROMPTS_A, top_k=5)
+    b = write_run(tmp_path / "b", [*run_b(), same], prompts=prompts_b, top_k=8)
+    return a, b
+
+
+def test_compare_html_has_deltas_flipped_cases_with_both_outputs_and_the_prompt_diff(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = html_runs(tmp_path)
+    out = tmp_path / "cmp.html"
+    assert main(["compare", str(a), str(b), "--html", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip() == format_compare(compare_runs(a, b)).strip()  # the text output is unchanged
+    assert f"wrote {out}" in printed.err
+    html = out.read_text(encoding="utf-8")
+    for ident in ("deltas", "flips", "cases", "prompts", "config", "only"):
+        assert f'<section id="{ident}">' in html
+    # deltas: the paired interval and McNemar of route accuracy, as compare_runs computes them
+    route = next(d for d in compare_runs(a, b)["deltas"] if d["metric"] == "route accuracy")
+    deltas = html[html.index('<section id="deltas">'):html.index('<section id="flips">')]
+    assert (f"<td>route accuracy</td><td>7</td><td>{route['a']:.3f}</td><td>{route['b']:.3f}</td>"
+            f"<td>{route['delta']:+.3f}</td><td>[{route['ci_low']:+.3f}, {route['ci_high']:+.3f}]</td>") in deltas
+    assert f"<td>{route['mcnemar_p']:.3f}</td>" in deltas
+    # flipped cases: one row each (c7 is not one), both runs' data side by side
+    rows = dict(re.findall(r'<tbody class="case" id="case-(c\d)" data-n="\d+" ([^>]*)>', html))
+    assert sorted(rows) == ["c1", "c2", "c3", "c4", "c5", "c6"]
+    assert 'data-flip="broken" data-stage="routing_correct"' in rows["c3"]
+    assert 'data-flip="fixed"' in rows["c2"] and "retrieval_hit@5" in rows["c2"]
+    data = case_data(html)
+    a_side, b_side = data["c3"]
+    assert a_side["label"] == "A" and b_side["label"] == "B"
+    assert a_side["route"]["department"] == "billing" and b_side["route"]["department"] == "shipping"
+    assert a_side["stages"][0]["attempts"][0]["raw"] == '{"department": "orders"}'
+    assert data["c4"][0]["draft"] is None and data["c4"][1]["draft"]["reply"] == "valid now"
+    assert data["c4"][0]["reference"] == "thanks for your order"
+    flips = html[html.index('<section id="flips">'):html.index('<section id="cases">')]
+    for target in re.findall(r'href="#(case-[^"]+)"', flips):
+        assert target.removeprefix("case-") in rows  # every flip id opens its case
+    # the prompt diff, coloured, and the settings that differ
+    prompts = html[html.index('<section id="prompts">'):html.index('<section id="config">')]
+    assert '<span class="del">-Be short.</span>' in prompts
+    assert '<span class="add">+Be brief and kind.</span>' in prompts
+    assert prompts.count('<pre class="diff">') == 1  # the route prompt did not change
+    assert "<td>retrieval.top_k</td><td>5</td><td>8</td>" in html
+    assert "only in A: a_only" in html and "only in B: b_only" in html
+    # one self-contained file
+    assert "http://" not in html and "https://" not in html and "<link" not in html and "src=" not in html
+    assert all(href.startswith("#") for href in re.findall(r'href="([^"]*)"', html))
+
+
+def test_compare_html_of_identical_runs_has_no_flips_and_no_diff(tmp_path: Path) -> None:
+    a, _ = html_runs(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(a, copy)
+    result = write_compare_html(a, copy, tmp_path / "same.html")
+    html = (tmp_path / "same.html").read_text(encoding="utf-8")
+    assert result == compare_runs(a, copy)
+    assert '<tbody class="case"' not in html and '<span id="shown">0</span>' in html
+    assert '<pre class="diff">' not in html and html.count("no differences") == 3
+
+
+def test_compare_html_to_an_unwritable_place_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = html_runs(tmp_path)
+    assert main(["compare", str(a), str(b), "--html", str(tmp_path / "missing" / "cmp.html")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--html" in err and "missing" in err
+
+
+def test_compare_help_names_html(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "--html OUT" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium")
+def test_a_flipped_case_opens_with_both_runs_in_chromium(tmp_path: Path) -> None:
+    a, b = html_runs(tmp_path)
+    records = run_a()
+    records[2]["email"] = {"subject": "Invoice twice", "body": "I was billed twice.", "from": "x@y.z"}
+    write_run(a, [*records], prompts=PROMPTS_A, top_k=5)
+    out = tmp_path / "cmp.html"
+    write_compare_html(a, b, out)
+    dom = chromium_dom(out.as_uri() + "#case-c3", tmp_path / "profile")
+    case = re.search(r'<tbody class="case open" id="case-c3".*?</tbody>', dom, flags=re.S)
+    assert case is not None, "the linked case did not open"
+    detail = case.group(0)
+    assert "Invoice twice" in detail and "I was billed twice." in detail
+    assert "<h4>A</h4>" in detail and "<h4>B</h4>" in detail
+    assert "<b>route</b>: billing" in detail and "<b>route</b>: shipping" in detail
+    assert detail.count("route attempt 1") == 2
+    assert "<b>draft A</b>" in detail and "<b>draft B</b>" in detail and "reference reply" in detail
+    assert dom.count('<tbody class="case open"') == 1
+
+
+# ------------------------------------------------------------------ 1,000 cases
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BITEXT.is_dir(), reason="the shared Bitext data is not there")
+def test_a_report_and_a_compare_page_of_1000_real_cases_stay_small(tmp_path: Path) -> None:
+    a = big_run(tmp_path, "a", 1000)
+    b = big_run(tmp_path, "b", 1000, variant="b")
+    report = (a / "report.html").read_text(encoding="utf-8")
+    assert len(report.encode()) < 5_000_000
+    data = case_data(report)
+    assert len(data) == 1000 and len(set(data)) == 1000  # every case, once
+    assert all(d[0]["email"]["body"] and [s["stage"] for s in d[0]["stages"]] == ["route", "retrieve", "draft"]
+               for d in data.values())
+    reasked = [d for d in data.values() if len(d[0]["stages"][2]["attempts"]) == 2]
+    assert reasked and all("truncated" in d[0]["stages"][2]["attempts"][0]["label"] for d in reasked)
+    # the table holds summary rows only: a case's detail is rendered from the data when it is opened
+    rows = report[report.index('<section id="cases">'):report.index('<script type="application/json"')]
+    assert len(rows.encode()) < 600 * 1000 and "<details>" not in rows and "<pre>" not in rows
+    assert report.count('<tr class="detail" hidden><td colspan="7"></td></tr>') == 1000
+
+    out = tmp_path / "cmp.html"
+    result = write_compare_html(a, b, out)
+    page = out.read_text(encoding="utf-8")
+    assert len(page.encode()) < 5_000_000
+    flipped = {i for f in result["flips"] for i in f["fixed"] + f["broken"]}
+    assert len(flipped) >= 20 and set(case_data(page)) == flipped
+    assert all(len(sides) == 2 for sides in case_data(page).values())
+    assert '<pre class="diff">' in page and "+Keep the reply under 120 words." in page
+    if CHROMIUM.exists():  # the big report opens at a linked case with its detail rendered
+        case_id = sorted(flipped)[0]
+        dom = chromium_dom(out.as_uri() + f"#case-{case_id}", tmp_path / "profile")
+        assert re.search(rf'<tbody class="case open" id="case-{case_id}".*?<h4>B</h4>.*?</tbody>', dom, flags=re.S)
