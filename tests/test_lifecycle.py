@@ -131,11 +131,12 @@ def test_start_names_an_unknown_stage(tmp_path: Path) -> None:
         pipeline.start(("rout",))
 
 
-def test_a_hanging_model_call_is_cancelled_at_the_deadline_and_the_batch_goes_on(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+def test_a_hanging_model_call_is_cancelled_at_the_deadline_and_the_batch_goes_on(tmp_path: Path, index, caplog) -> None:  # type: ignore[no-untyped-def]
     with FakeServer(sensible) as server:
         server.push(Delay(60))  # the first email's route call hangs (the transport timeout is 30 s)
         settings = settings_for(tmp_path, server.base_url, deadline_s=0.5)
-        with Pipeline.from_config(settings=settings, index=index) as pipeline:
+        with caplog.at_level(logging.INFO, logger="mailcascade"), \
+                Pipeline.from_config(settings=settings, index=index) as pipeline:
             hung = pipeline.run(EMAIL)
             still_waiting = server._in_flight  # the hanging request has not been answered: the call was abandoned
             rest = pipeline.run_many([dataclasses.replace(EMAIL, id=f"n{i}") for i in range(3)])
@@ -145,6 +146,8 @@ def test_a_hanging_model_call_is_cancelled_at_the_deadline_and_the_batch_goes_on
     assert "pipeline.deadline_s" in hung.error
     assert [s.stage for s in hung.stages] == ["route"]  # nothing ran after the deadline
     assert [r.status for r in rest] == ["ok", "ok", "ok"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("email e1" in w and "deadline" in w for w in warnings) and not any("Trail" in w for w in warnings)
     assert infrastructure_errors([hung.to_dict(), *(r.to_dict() for r in rest)])["codes"] == {"deadline_exceeded": 1}
 
 
@@ -222,3 +225,19 @@ def test_the_deadline_also_ends_work_that_is_not_a_model_call(tmp_path: Path, in
     assert [(s.stage, s.status, s.error_code) for s in result.stages] == [
         ("route", "ok", ""), ("retrieve", "error", "deadline_exceeded")]
     assert result.status == "failed" and result.department == "returns" and "retrieve:" in result.error
+
+
+def test_run_from_inside_the_pipeline_loop_is_refused_not_a_deadlock(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    from mailcascade.errors import MailcascadeError
+
+    with FakeServer(sensible) as server, \
+            Pipeline.from_config(settings=settings_for(tmp_path, server.base_url), index=index) as pipeline:
+        async def nested() -> str:
+            try:
+                pipeline.run(EMAIL)
+            except MailcascadeError as exc:
+                return str(exc)
+            return "ran"
+
+        message = pipeline._loop.run(nested())
+    assert "await pipeline.arun" in message

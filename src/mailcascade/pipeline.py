@@ -566,6 +566,10 @@ class _LoopThread:
                 self._thread = threading.Thread(target=self._loop.run_forever, name="mailcascade-loop", daemon=True)
                 self._thread.start()
             loop = self._loop
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise MailcascadeError("Pipeline.run was called from inside the pipeline's own event loop (an on_result "
+                                   "callback?); use `await pipeline.arun(...)` there")
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     def close(self) -> None:
