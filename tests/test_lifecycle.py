@@ -21,6 +21,7 @@ from mailcascade.config import LLMSettings, PipelineSettings, Settings, load_set
 from mailcascade.errors import ConfigError
 from mailcascade.eval.records import infrastructure_errors
 from mailcascade.pipeline import Pipeline
+from mailcascade.record import record_dict
 from mailcascade.types import Email
 
 CATALOG = Path(__file__).resolve().parents[1] / "data" / "catalog.jsonl"
@@ -148,7 +149,8 @@ def test_a_hanging_model_call_is_cancelled_at_the_deadline_and_the_batch_goes_on
     assert [r.status for r in rest] == ["ok", "ok", "ok"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("email e1" in w and "deadline" in w for w in warnings) and not any("Trail" in w for w in warnings)
-    assert infrastructure_errors([hung.to_dict(), *(r.to_dict() for r in rest)])["codes"] == {"deadline_exceeded": 1}
+    records = [record_dict(hung), *(record_dict(r) for r in rest)]
+    assert infrastructure_errors(records)["codes"] == {"deadline_exceeded": 1}
 
 
 def test_the_deadline_covers_re_asks(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from mailcascade.errors import EmailParseError
 from mailcascade.llm import OpenAIClient
 from mailcascade.pipeline import Given, Pipeline
 from mailcascade.prompts import load_prompts
+from mailcascade.record import record_dict
 from mailcascade.store import Store
 from mailcascade.types import Email, Hit
 
@@ -61,7 +62,7 @@ def test_a_clean_run_gives_department_hits_draft_and_stage_records(tmp_path: Pat
     # the route request carried the schema with the configured departments as an enum
     schema = bodies[0]["response_format"]["schema"]
     assert "out_of_scope" in schema["properties"]["department"]["enum"]
-    record = result.to_dict()
+    record = record_dict(result)
     assert set(record) >= {"id", "status", "department", "hits", "draft", "stages"}
     assert set(record["stages"][0]) >= {"stage", "prompt_hash", "attempts", "failure_codes", "tokens_in",
                                         "tokens_out", "latency_ms"}
@@ -127,7 +128,7 @@ def test_server_errors_are_retried_by_the_client(tmp_path: Path, index) -> None:
     assert result.status == "ok"
     assert len(result.stages[0].attempts) == 1  # one validated attempt, three HTTP attempts under it
     assert result.stages[0].attempts[0].http_attempts == 3
-    assert result.to_dict()["stages"][0]["http_attempts"] == 3
+    assert record_dict(result)["stages"][0]["http_attempts"] == 3
 
 
 def test_one_bad_email_does_not_take_the_batch_down(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]

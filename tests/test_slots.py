@@ -16,6 +16,7 @@ from mailcascade.errors import LLMError
 from mailcascade.llm import OpenAIClient
 from mailcascade.llm.slots import Slots
 from mailcascade.pipeline import Pipeline
+from mailcascade.record import stage_trace
 from mailcascade.types import ChatRequest, ChatResponse, Email
 
 SERVER_S = 0.15  # the serial fake server's time per request
@@ -124,7 +125,7 @@ def test_stage_latency_excludes_the_queue_wait(tmp_path: Path) -> None:
         arrivals = [(r.at, r.body) for r in server.chat_requests]
         assert server.max_in_flight == 1
     routes = {res.id: res.stages[0] for res in results}
-    assert all("queue_ms" in s.to_dict() for s in routes.values())
+    assert all("queue_ms" in stage_trace(s).model_dump() for s in routes.values())
     # the email whose request the server saw last waited for the five before it (server timestamps)
     first_at, last_at = arrivals[0][0], arrivals[-1][0]
     spread_ms = (last_at - first_at) * 1000

@@ -227,3 +227,53 @@ def test_the_store_url_password_is_masked_in_config(tmp_path: Path) -> None:
                            cwd=tmp_path, env={**os.environ, "MAILCASCADE_STORE__URL": url}, check=False)
     assert shown.returncode == 0 and PASSWORD not in shown.stdout
     assert json.loads(shown.stdout)["store"]["url"] == "postgresql://mc:***@127.0.0.1:5/db"
+
+
+def test_batches_are_claimed_and_completed_per_email_exactly_once(target: str) -> None:
+    with Store(target) as store:
+        store.add_batch("b1", "route", [(f"e{n}", f'{{"id": "e{n}"}}') for n in range(5)])
+        store.add_batch("b2", "route", [("x0", '{"id": "x0"}')])
+        assert store.batch("b1") == {"id": "b1", "status": "queued", "size": 5, "done": 0, "results": []}
+        first = store.claim_batch_emails(3)
+        assert [(r["batch_id"], r["position"], r["email_id"], r["stages"]) for r in first] == [
+            ("b1", 0, "e0", "route"), ("b1", 1, "e1", "route"), ("b1", 2, "e2", "route")]
+        second = store.claim_batch_emails(10)  # what is claimed is not claimed again
+        assert [(r["batch_id"], r["position"]) for r in second] == [("b1", 3), ("b1", 4), ("b2", 0)]
+        assert store.claim_batch_emails(10) == []
+        store.complete_batch_email("b1", 0, first[0]["claim"], '{"id": "e0"}', keep_email=False)
+        store.complete_batch_email("b1", 0, first[0]["claim"], '{"id": "again"}', keep_email=False)  # no-op
+        assert store.batch("b1") == {"id": "b1", "status": "running", "size": 5, "done": 1,
+                                     "results": [{"id": "e0"}]}
+        assert store.queued_emails() == 5
+    with Store(target) as restarted:  # a server that died held e1..e4 and x0
+        assert restarted.requeue_claimed() == 5
+        again = restarted.claim_batch_emails(10)
+        assert [r["email_id"] for r in again] == ["e1", "e2", "e3", "e4", "x0"]
+        for row in again:
+            restarted.complete_batch_email(row["batch_id"], row["position"], row["claim"],
+                                           f'{{"id": "{row["email_id"]}"}}', keep_email=True)
+        done = restarted.batch("b1")
+        assert done is not None and done["status"] == "done"
+        assert [r["id"] for r in done["results"]] == ["e0", "e1", "e2", "e3", "e4"]
+        rows = restarted._query("SELECT email_id, email, claims FROM batch_emails ORDER BY batch_id, position", ())
+        assert [(r["email_id"], r["claims"]) for r in rows] == [("e0", 1), ("e1", 2), ("e2", 2), ("e3", 2),
+                                                                 ("e4", 2), ("x0", 2)]
+        assert rows[0]["email"] == "" and rows[1]["email"] == '{"id": "e1"}'  # text kept only when asked
+        assert restarted.queued_emails() == 0 and restarted.requeue_claimed() == 0
+
+
+def test_served_results_and_the_latest_feedback_per_email(target: str) -> None:
+    with Store(target) as store:
+        store.put_served("e1", '{"id": "e1", "v": 1}', subject=None, body=None, sender=None)
+        store.put_served("e1", '{"id": "e1", "v": 2}', subject="S", body="B", sender="a@b")  # the latest wins
+        store.put_served("e2", '{"id": "e2"}', subject=None, body=None, sender=None)
+        served = store.served("e1")
+        assert served is not None and served["record"] == '{"id": "e1", "v": 2}' and served["body"] == "B"
+        assert store.served("nope") is None
+        store.add_feedback("f1", "e1", "orders", "first", "edited")
+        store.add_feedback("f2", "e2", "billing", "", "discarded")
+        store.add_feedback("f3", "e1", "returns", "second", "rerouted")
+        rows = store.feedback_rows()
+        assert [(r["feedback_id"], r["email_id"], r["department"], r["outcome"]) for r in rows] == [
+            ("f2", "e2", "billing", "discarded"), ("f3", "e1", "returns", "rerouted")]
+        assert rows[1]["subject"] == "S" and rows[0]["subject"] is None

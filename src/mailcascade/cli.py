@@ -194,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--no-progress", action="store_true")
     diag.set_defaults(func=cmd_diagnose)
 
+    srv = sub.add_parser("serve", help="the HTTP service: POST /v1/emails, /v1/batches, feedback, /metrics "
+                         "(needs the serve extra)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; without API keys "
+                     "loopback only)")
+    srv.add_argument("--port", type=positive_int, default=8080, help="port (default 8080)")
+    _config_arg(srv)
+    srv.set_defaults(func=cmd_serve)
+
+    fb = sub.add_parser("feedback", help="the agents' feedback: sent as is, edit distance, reroutes, confusion "
+                        "per prompt and model")
+    _config_arg(fb)
+    fb.add_argument("--db", metavar="FILE", help="the store (default: config store.url or store.path)")
+    fb.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    fb.set_defaults(func=cmd_feedback)
+    fbsub = fb.add_subparsers(metavar="ACTION")
+    fbx = fbsub.add_parser("export", help="write the feedback as an eval cases file (agent's department, sent reply)")
+    fbx.add_argument("--out", required=True, metavar="FILE", help="cases file to write (JSONL)")
+    _config_arg(fbx)
+    fbx.add_argument("--db", metavar="FILE", help="the store (default: config store.url or store.path)")
+    fbx.set_defaults(func=cmd_feedback_export)
+
     model = sub.add_parser("model", help="the embedded local model server")
     msub = model.add_subparsers(metavar="ACTION")
     serve = msub.add_parser("serve", help="run the llama.cpp server with SmolLM2-135M-Instruct until Ctrl-C")
@@ -231,6 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mailcascade.email_parse import read_inputs
     from mailcascade.pipeline import Pipeline
     from mailcascade.progress import Progress
+    from mailcascade.record import record_line
     from mailcascade.results_file import OrderedStream, ResultsFile, input_key
     from mailcascade.summary import format_summary, summarize
 
@@ -250,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress = stack.enter_context(Progress(len(todo), "emails", enabled=not args.no_progress))
 
         def done(position: int, result: Any) -> None:
-            line = json.dumps(result.to_dict(), ensure_ascii=False)
+            line = record_line(result)
             if sink is not None:
                 sink.put(keys[todo[position]], line, failed=result.status == "failed")
             elif stream is not None:
@@ -445,6 +467,51 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     print(json.dumps(diagnosis, indent=2, default=str) if args.json else format_diagnosis(diagnosis))
     print(f"\nstored in {Path(args.run) / 'metrics.json'} (\"diagnosis\"); report: {Path(args.run) / 'report.html'}",
           file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mailcascade.serve.run import bind_host, serve
+    except ImportError as exc:
+        raise MailcascadeError(f"mailcascade serve needs the serve extra ({exc.name} is missing): "
+                               "pip install 'mailcascade[serve]'") from None
+    settings = _settings(args)
+    host = bind_host(args.host, settings)
+    print(f"mailcascade: serving on http://{host}:{args.port} (OpenAPI: /openapi.json); Ctrl-C or SIGTERM "
+          "stops after the work in flight", file=sys.stderr)
+    serve(settings, host, args.port)
+    return 0
+
+
+def _feedback_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from mailcascade.feedback import load_feedback
+    from mailcascade.store import Store, is_postgres_url, open_store
+
+    store = _settings(args).store
+    target = args.db or store.url or store.path
+    if not is_postgres_url(target) and not Path(target).is_file():
+        raise MailcascadeError(f"no store at {target}: run `mailcascade serve` and send feedback first")
+    with Store(target, timeout_s=store.busy_timeout_s) if args.db else open_store(store) as opened:
+        return load_feedback(opened)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from mailcascade.feedback import feedback_stats, format_stats
+
+    stats = feedback_stats(_feedback_rows(args))
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from mailcascade.feedback import export_cases
+
+    written, missing = export_cases(_feedback_rows(args), args.out)
+    print(f"wrote {written} cases to {args.out}")
+    if missing:
+        print(f"mailcascade: warning: {missing} emails with feedback were left out: their text was not stored "
+              "(store.store_email_bodies = false when they were served)", file=sys.stderr)
     return 0
 
 

@@ -201,6 +201,19 @@ class TelemetrySettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    """`mailcascade serve`: the HTTP service."""
+
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # bearer keys; none: loopback only, no auth
+    stages: str = "route,retrieve,draft"  # what POST /v1/emails runs without ?stages= (and what /readyz checks)
+    max_request_bytes: int = 10_000_000  # a larger request body is refused with 413
+    max_in_flight: int = 64  # emails being processed for POST /v1/emails at once; beyond it 503 + Retry-After
+    max_queued_emails: int = 100_000  # batch emails waiting in the store; a batch beyond it gets 503 + Retry-After
+    batch_concurrency: int = 8  # batch emails the worker processes at once
+    retry_after_s: int = 1  # the Retry-After of a 503
+
+
+@dataclass(frozen=True)
 class Settings:
     departments: tuple[Department, ...] = DEFAULT_DEPARTMENTS
     prompts_dir: str = ""  # empty: the prompts/ folder shipped with the package
@@ -218,6 +231,7 @@ class Settings:
     store: StoreSettings = StoreSettings()
     pipeline: PipelineSettings = PipelineSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    serve: ServeSettings = ServeSettings()
     source: str = ""  # the file these settings came from, if any
 
     @property
@@ -263,6 +277,8 @@ def _to_plain(obj: Any, redact: bool, name: str = "") -> Any:
     if isinstance(obj, Mapping):
         return {k: _to_plain(v, redact) for k, v in obj.items()}
     if isinstance(obj, tuple | list):
+        if redact and name and is_secret_key(name) and obj:
+            return "***redacted***"
         return [_to_plain(v, redact) for v in obj]
     if redact and isinstance(obj, str):
         if name and is_secret_key(name) and obj not in ("", "not-needed"):
@@ -370,7 +386,7 @@ def _env_value(parts: list[str], value: str) -> Any:
     hint: Any = Settings
     for part in parts:
         hint = get_type_hints(hint).get(part) if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
-    return value if hint is str or hint is bool else _parse_env_value(value)
+    return value if hint in (str, bool, tuple[str, ...]) else _parse_env_value(value)
 
 
 def _parse_env_value(value: str) -> Any:
@@ -434,6 +450,9 @@ _RANGES: Mapping[str, _Range] = {
     "input.max_email_bytes": _AT_LEAST_ONE, "input.max_prompt_chars": _AT_LEAST_ONE,
     "store.busy_timeout_s": _POSITIVE,
     "pipeline.deadline_s": _NON_NEGATIVE,
+    "serve.max_request_bytes": _AT_LEAST_ONE, "serve.max_in_flight": _AT_LEAST_ONE,
+    "serve.max_queued_emails": _AT_LEAST_ONE, "serve.batch_concurrency": _AT_LEAST_ONE,
+    "serve.retry_after_s": _AT_LEAST_ONE,
 }
 POLICY_STAGES = ("route", "draft")  # the stages that call a model (pipeline.STAGES has retrieve too, which does not)
 
@@ -476,12 +495,23 @@ def _convert(hint: Any, value: Any, key: str, default: Any) -> Any:
         if not rng.allows(number):
             raise ConfigError(f"{key}: must be {rng}, got {_show(key, value)}", key=key)
         return number
+    if hint == tuple[str, ...]:
+        return _strings(value, key)
     if hint is str:
         if not isinstance(value, str):
             example = "" if is_secret_key(key) else f" (write e.g. {name} = {json.dumps(default)})"
             raise ConfigError(f"{key}: expected a string, got {_show(key, value)}{example}", key=key)
         return value
     raise TypeError(f"{key}: no conversion for settings of type {hint!r}")  # a new kind of setting: add one here
+
+
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    """A list of strings, or one comma-separated string (as an environment variable gives it)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{key}: expected a list of strings or one comma-separated string, got "
+                          f"{_show(key, value)}", key=key)
+    return tuple(v.strip() for v in items if v.strip())
 
 
 def _number(whole: bool, value: Any, key: str, example: str) -> int | float:

@@ -106,14 +106,6 @@ class Hit:
     score: float
     text: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "product_id": self.product_id,
-            "passage_id": self.passage_id,
-            "score": round(self.score, 6),
-            "text": self.text,
-        }
-
 
 @dataclass(frozen=True)
 class Draft:
@@ -174,29 +166,10 @@ class StageRecord:
     def tokens_out(self) -> int:
         return sum(a.tokens_out for a in self.attempts)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "status": self.status,
-            "prompt_hash": self.prompt_hash,
-            "model": self.model,
-            "attempts": len(self.attempts),
-            "http_attempts": sum(a.http_attempts for a in self.attempts) + self.lost_http_attempts,
-            "failure_codes": list(self.failure_codes),
-            "validator_status": self.attempts[-1].status if self.attempts else None,
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "latency_ms": round(self.latency_ms, 1),
-            "queue_ms": round(self.queue_ms, 1),
-            "input_hash": self.input_hash,
-            **({"error": self.error} if self.error else {}),
-            **({"error_code": self.error_code} if self.error_code else {}),
-        }
-
 
 @dataclass(frozen=True)
 class Result:
-    """The outcome for one email: a result or an explicit failure record."""
+    """The outcome for one email: a result or an explicit failure record (its JSON shape: record.ResultRecord)."""
 
     id: str
     status: Literal["ok", "failed"]
@@ -210,20 +183,3 @@ class Result:
     @property
     def department(self) -> str | None:
         return self.route.department if self.route else None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "source": self.source,
-            "department": self.department,
-            "confidence": self.route.confidence if self.route else None,
-            "route_reason": self.route.reason if self.route else None,
-            "hits": [h.to_dict() for h in self.hits],
-            "draft": self.draft.reply if self.draft else None,
-            "cited_product_ids": list(self.draft.product_ids) if self.draft else [],
-            "stages": [s.to_dict() for s in self.stages],
-        }
-        if self.error:
-            out["error"] = self.error
-        return out

@@ -16,6 +16,7 @@ from mailcascade.eval.retrieval import retrieval_case, retrieval_metrics
 from mailcascade.eval.routing import accuracy, macro_f1, routing_correct, routing_metrics
 from mailcascade.eval.stats import bootstrap_ci, bootstrap_metric, mean_or_none, percentiles
 from mailcascade.failures import outcome
+from mailcascade.record import stage_trace
 from mailcascade.types import Result
 
 KS = (1, 3, 5, 10)
@@ -40,7 +41,7 @@ def case_record(
     exp = case.expected
     stages = []
     for s in result.stages:
-        row = s.to_dict()
+        row = stage_trace(s).model_dump(mode="json")
         row["attempt_log"] = [
             {"n": a.number, "status": a.status, "finish_reason": a.finish_reason, "cached": a.cached,
              "codes": [f.to_dict() for f in a.findings], "raw": a.raw}

@@ -47,6 +47,9 @@ _INSERT_VERDICT = ("INSERT INTO verdicts(run_id, email_id, stage, model, prompt_
                    " email_body, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 _UPSERT_LLM = ("INSERT INTO llm_cache(key, response, created) VALUES (?,?,?)"
                " ON CONFLICT(key) DO UPDATE SET response=excluded.response, created=excluded.created")
+_UPSERT_SERVED = ("INSERT INTO served(email_id, record, subject, body, sender, created) VALUES (?,?,?,?,?,?)"
+                  " ON CONFLICT(email_id) DO UPDATE SET record=excluded.record, subject=excluded.subject,"
+                  " body=excluded.body, sender=excluded.sender, created=excluded.created")
 _UPSERT_SEARCH = ("INSERT INTO search_cache(key, hits, created) VALUES (?,?,?)"
                   " ON CONFLICT(key) DO UPDATE SET hits=excluded.hits, created=excluded.created")
 
@@ -328,6 +331,98 @@ class Store:
             return [(key, json.dumps(data), now)]
 
         self._submit(Write("LLM cache", _UPSERT_LLM, rows))
+
+    # the HTTP service: batches claimed and completed per email (each in one transaction), its answers, feedback
+    def _transaction(self, what: str, statements: Sequence[tuple[str, Rows]]) -> None:
+        """Statements in one transaction, now (not queued): StoreError (nothing written) when it fails."""
+        try:
+            self._write_batch(statements)
+        except self._errors() as exc:
+            raise StoreError(f"{what} not written to {self.where}: {self._scrub(exc)}") from None
+
+    def add_batch(self, batch_id: str, stages: str, emails: Sequence[tuple[str, str]]) -> None:
+        """Queue a batch: `emails` are (email id, email JSON); durable when this returns (StoreError if not)."""
+        now = time.time()
+        self._transaction("batch", [
+            ("INSERT INTO batches(batch_id, stages, size, created) VALUES (?,?,?,?)",
+             [(batch_id, stages, len(emails), now)]),
+            ("INSERT INTO batch_emails(batch_id, position, email_id, email, state, claim, claims, result, created,"
+             " updated) VALUES (?,?,?,?,'queued',NULL,0,NULL,?,?)",
+             [(batch_id, n, ident, data, now, now) for n, (ident, data) in enumerate(emails)]),
+        ])
+
+    def requeue_claimed(self) -> int:
+        """Put emails claimed by a server that stopped before finishing them (SIGKILL, a crash) back in the queue;
+        returns how many. Call at start-up, before claiming: one server works on a store's batches at a time."""
+        count = int(self._query("SELECT COUNT(*) AS n FROM batch_emails WHERE state='running'", ())[0]["n"])
+        if count:
+            self._transaction("batch requeue", [(
+                "UPDATE batch_emails SET state='queued', claim=NULL, updated=? WHERE state='running'",
+                [(time.time(),)])])
+        return count
+
+    def claim_batch_emails(self, limit: int) -> list[dict[str, Any]]:
+        """Claim up to `limit` queued emails, oldest batch first (rows: batch_id, position, email_id, email, stages,
+        claim): one transaction marks them running under a fresh claim token."""
+        token = uuid.uuid4().hex
+        self._transaction("batch claim", [(
+            "UPDATE batch_emails SET state='running', claim=?, claims=claims+1, updated=? WHERE state='queued' AND"
+            " (batch_id, position) IN (SELECT batch_id, position FROM batch_emails WHERE state='queued'"
+            " ORDER BY created, batch_id, position LIMIT ?)", [(token, time.time(), limit)])])
+        return self._query(
+            "SELECT e.batch_id, e.position, e.email_id, e.email, b.stages, e.claim FROM batch_emails e JOIN batches b"
+            " ON b.batch_id = e.batch_id WHERE e.claim=? ORDER BY e.created, e.batch_id, e.position", (token,))
+
+    def complete_batch_email(self, batch_id: str, position: int, claim: str, record: str, *,
+                             keep_email: bool) -> None:
+        """Store the result of a claimed email (its text is dropped unless `keep_email`), in one transaction."""
+        self._transaction("batch result", [(
+            "UPDATE batch_emails SET state='done', result=?, updated=?" + ("" if keep_email else ", email=''") +
+            " WHERE batch_id=? AND position=? AND claim=? AND state='running'",
+            [(record, time.time(), batch_id, position, claim)])])
+
+    def batch(self, batch_id: str) -> dict[str, Any] | None:
+        """{"id", "status", "size", "done", "results"} with the results finished so far, in batch order."""
+        head = self._query("SELECT batch_id, size FROM batches WHERE batch_id=?", (batch_id,))
+        if not head:
+            return None
+        rows = self._query("SELECT state, result FROM batch_emails WHERE batch_id=? ORDER BY position", (batch_id,))
+        done = [r["result"] for r in rows if r["state"] == "done"]
+        started = any(r["state"] != "queued" for r in rows)
+        status = "done" if len(done) == len(rows) else "running" if started else "queued"
+        return {"id": batch_id, "status": status, "size": head[0]["size"], "done": len(done),
+                "results": [json.loads(r) for r in done]}
+
+    def queued_emails(self) -> int:
+        """Batch emails not done yet."""
+        return int(self._query("SELECT COUNT(*) AS n FROM batch_emails WHERE state <> 'done'", ())[0]["n"])
+
+    def put_served(self, email_id: str, record: str, *, subject: str | None, body: str | None,
+                   sender: str | None) -> None:
+        """The latest result the service gave for an email id (queued like the failure log); the email text only
+        when given (store.store_email_bodies)."""
+        row = (email_id, record, subject, body, sender, time.time())
+        self._submit(Write("served result", _UPSERT_SERVED, lambda: [row]))
+
+    def served(self, email_id: str) -> dict[str, Any] | None:
+        self.flush()
+        rows = self._query("SELECT * FROM served WHERE email_id=?", (email_id,))
+        return rows[0] if rows else None
+
+    def add_feedback(self, feedback_id: str, email_id: str, department: str, sent_reply: str, outcome: str) -> None:
+        """One agent's feedback; durable when this returns (StoreError if not)."""
+        self._transaction("feedback", [(
+            "INSERT INTO feedback(feedback_id, email_id, department, sent_reply, outcome, created)"
+            " VALUES (?,?,?,?,?,?)", [(feedback_id, email_id, department, sent_reply, outcome, time.time())])])
+
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        """The latest feedback per email, with what the service answered for it (record, email text if kept)."""
+        self.flush()
+        return self._query(
+            "SELECT f.feedback_id, f.email_id, f.department, f.sent_reply, f.outcome, f.created, s.record,"
+            " s.subject, s.body, s.sender FROM feedback f JOIN served s ON s.email_id = f.email_id"
+            " WHERE f.created = (SELECT MAX(g.created) FROM feedback g WHERE g.email_id = f.email_id)"
+            " ORDER BY f.created, f.feedback_id", ())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.where!r})"

@@ -24,6 +24,27 @@ SQLITE: tuple[str, ...] = (
     CREATE TABLE IF NOT EXISTS search_cache (key TEXT PRIMARY KEY, hits TEXT, created REAL);
     """,
     "CREATE INDEX IF NOT EXISTS verdicts_run ON verdicts(run_id);",
+    # 3: the HTTP service's batches (claimed and completed per email), its answers, and the agents' feedback
+    """
+    CREATE TABLE IF NOT EXISTS batches (
+      batch_id TEXT PRIMARY KEY, stages TEXT NOT NULL, size INTEGER NOT NULL, created REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS batch_emails (
+      batch_id TEXT NOT NULL, position INTEGER NOT NULL, email_id TEXT NOT NULL, email TEXT NOT NULL,
+      state TEXT NOT NULL, claim TEXT, claims INTEGER NOT NULL, result TEXT, created REAL NOT NULL,
+      updated REAL NOT NULL, PRIMARY KEY (batch_id, position)
+    );
+    CREATE INDEX IF NOT EXISTS batch_emails_state ON batch_emails(state, created, batch_id, position);
+    CREATE INDEX IF NOT EXISTS batch_emails_claim ON batch_emails(claim);
+    CREATE TABLE IF NOT EXISTS served (
+      email_id TEXT PRIMARY KEY, record TEXT NOT NULL, subject TEXT, body TEXT, sender TEXT, created REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS feedback (
+      feedback_id TEXT PRIMARY KEY, email_id TEXT NOT NULL, department TEXT NOT NULL, sent_reply TEXT NOT NULL,
+      outcome TEXT NOT NULL, created REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS feedback_email ON feedback(email_id, created);
+    """,
 )
 
 POSTGRES: tuple[str, ...] = (
@@ -44,6 +65,27 @@ POSTGRES: tuple[str, ...] = (
     CREATE TABLE IF NOT EXISTS search_cache (key TEXT PRIMARY KEY, hits TEXT, created DOUBLE PRECISION);
     """,
     "CREATE INDEX IF NOT EXISTS verdicts_run ON verdicts(run_id);",
+    """
+    CREATE TABLE IF NOT EXISTS batches (
+      batch_id TEXT PRIMARY KEY, stages TEXT NOT NULL, size INTEGER NOT NULL, created DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS batch_emails (
+      batch_id TEXT NOT NULL, position INTEGER NOT NULL, email_id TEXT NOT NULL, email TEXT NOT NULL,
+      state TEXT NOT NULL, claim TEXT, claims INTEGER NOT NULL, result TEXT, created DOUBLE PRECISION NOT NULL,
+      updated DOUBLE PRECISION NOT NULL, PRIMARY KEY (batch_id, position)
+    );
+    CREATE INDEX IF NOT EXISTS batch_emails_state ON batch_emails(state, created, batch_id, position);
+    CREATE INDEX IF NOT EXISTS batch_emails_claim ON batch_emails(claim);
+    CREATE TABLE IF NOT EXISTS served (
+      email_id TEXT PRIMARY KEY, record TEXT NOT NULL, subject TEXT, body TEXT, sender TEXT,
+      created DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS feedback (
+      feedback_id TEXT PRIMARY KEY, email_id TEXT NOT NULL, department TEXT NOT NULL, sent_reply TEXT NOT NULL,
+      outcome TEXT NOT NULL, created DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS feedback_email ON feedback(email_id, created);
+    """,
 )
 
 MIGRATIONS: dict[str, tuple[str, ...]] = {"sqlite": SQLITE, "postgres": POSTGRES}

@@ -1,0 +1,50 @@
+"""Run the app under uvicorn: loopback only without API keys; SIGTERM drains the work in flight."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import uvicorn
+
+from mailcascade.config import Settings
+from mailcascade.errors import MailcascadeError
+from mailcascade.serve.app import create_app
+
+log = logging.getLogger("mailcascade.serve")
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_host(host: str, settings: Settings) -> str:
+    """The host to bind: as asked, except that without API keys nothing but loopback is served (with a warning)."""
+    if settings.serve.api_keys:
+        return host
+    if is_loopback(host):
+        log.warning("no API keys configured ([serve] api_keys or MAILCASCADE_SERVE__API_KEYS): serving without "
+                    "authentication, on %s only", host)
+        return host
+    log.warning("no API keys configured ([serve] api_keys or MAILCASCADE_SERVE__API_KEYS): binding %s instead of %s, "
+                "without authentication; configure keys to serve other hosts", LOOPBACK, host)
+    return LOOPBACK
+
+
+def serve(settings: Settings, host: str = LOOPBACK, port: int = 8080) -> None:
+    """Serve until SIGINT/SIGTERM; requests and batch emails in flight finish first (queued ones stay queued).
+
+    Without API keys only a loopback `host` is allowed (`bind_host` picks one, with a warning).
+    """
+    if not settings.serve.api_keys and not is_loopback(host):
+        raise MailcascadeError(f"--host {host}: without API keys ([serve] api_keys or MAILCASCADE_SERVE__API_KEYS) "
+                               "the service binds loopback only")
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=None, lifespan="on")
+    uvicorn.Server(config).run()
