@@ -9,23 +9,22 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from mailcascade.types import Hit, Result, StageRecord
-
-_OPTIONAL = ("error", "error_code")
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @model_serializer(mode="wrap")
-    def _drop_empty(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        for key in _OPTIONAL:
-            if key in out and not out[key]:
-                del out[key]
-        return out
+
+def _is_empty(value: object) -> bool:
+    return not value
+
+
+def _optional(description: str) -> Any:
+    """A field that is left out of the record when empty."""
+    return Field(None, description=description, exclude_if=_is_empty)
 
 
 class HitRecord(_Record):
@@ -53,8 +52,8 @@ class StageTrace(_Record):
     latency_ms: float = Field(0.0, description="the stage's own time")
     queue_ms: float = Field(0.0, description="time spent waiting for a model slot (llm.max_in_flight)")
     input_hash: str = ""
-    error: str | None = Field(None, description="present when the stage did not succeed")
-    error_code: str | None = Field(None, description="with status error: why no answer came")
+    error: str | None = _optional("present when the stage did not succeed")
+    error_code: str | None = _optional("with status error: why no answer came (a transport code)")
 
 
 class ResultRecord(_Record):
@@ -62,7 +61,7 @@ class ResultRecord(_Record):
 
     id: str
     status: Literal["ok", "failed"]
-    error: str | None = Field(None, description="present when failed: a clear reason")
+    error: str | None = _optional("present when failed: a clear reason")
     source: str = ""
     department: str | None = None
     confidence: float | None = None

@@ -113,6 +113,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
 
     app = FastAPI(title="mailcascade", version="0.1.0", lifespan=lifespan,
                   description="Route, retrieve and draft replies to customer email; feedback from the agents.")
+    app.state.drain = lambda: state.worker.drain() if state.worker is not None else None  # on SIGTERM (run.py)
     app.add_middleware(BodyLimit, limit=settings.serve.max_request_bytes)
     auth = [Depends(require_key(settings.serve.api_keys))]
     _errors(app, state)
@@ -301,12 +302,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """413 for a request body over `limit` bytes: by Content-Length before reading, else while reading."""
+    """413 for a request body over `limit` bytes: by Content-Length before reading; a body without one (chunked) is
+    read up to the limit first, then handed on."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -317,30 +315,35 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope.get("headers") or ()).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await self._refuse(send)
-            return
-        seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+        if length is not None:  # the HTTP server holds the body to its Content-Length
+            if length.isdigit() and int(length) > self.limit:
                 await self._refuse(send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
         response = JSONResponse({"error": f"request body over {self.limit} bytes (serve.max_request_bytes): send "

@@ -51,6 +51,10 @@ class BatchWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def drain(self) -> None:
+        """Claim nothing more (safe to call from a signal handler); `stop` then waits for what is claimed."""
+        self._stopping = True
+
     async def stop(self) -> None:
         """Stop claiming; wait for the emails already claimed to finish (the rest stay queued for the next start)."""
         self._stopping = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -45,6 +47,19 @@ def serve(settings: Settings, host: str = LOOPBACK, port: int = 8080) -> None:
     if not settings.serve.api_keys and not is_loopback(host):
         raise MailcascadeError(f"--host {host}: without API keys ([serve] api_keys or MAILCASCADE_SERVE__API_KEYS) "
                                "the service binds loopback only")
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=None, lifespan="on")
-    uvicorn.Server(config).run()
+    _Server(config, app.state.drain).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the batch worker to claim nothing more as soon as a signal asks it to stop."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Any) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
