@@ -1,7 +1,7 @@
 """`mailcascade serve` as a user runs it: a real uvicorn process on loopback, over the fake model server.
 
 Routing is by the (fake) LLM and the default stages are route only, so these tests load no embedding model; the
-ones that do (retrieval, eval of an exported set) are marked slow.
+ones that do (eval of an exported set), or start several processes, are marked slow.
 """
 
 from __future__ import annotations
@@ -247,6 +247,7 @@ def test_concurrent_requests_run_concurrently_and_each_gets_its_own_result(tmp_p
 
 # ------------------------------------------------------------------ SIGTERM drains, SIGKILL loses nothing
 
+@pytest.mark.slow  # two server starts, or several mailcascade commands
 def test_sigterm_drains_work_in_flight_and_keeps_the_queue(tmp_path: Path) -> None:
     gate = Gate(open_first=0)
     with FakeServer(gate) as server:  # type: ignore[arg-type]
@@ -280,6 +281,7 @@ def test_sigterm_drains_work_in_flight_and_keeps_the_queue(tmp_path: Path) -> No
         assert route_requests_per_token(server) == Counter({"t0000": 1, "t0001": 1, "t0002": 1, "live": 1})
 
 
+@pytest.mark.slow  # two server starts, or several mailcascade commands
 def test_sigkill_mid_batch_then_restart_processes_every_email_exactly_once(tmp_path: Path) -> None:
     gate = Gate(open_first=15)
     with FakeServer(gate) as server:  # type: ignore[arg-type]
@@ -344,6 +346,7 @@ def post_feedback(http: httpx.Client, emails: list[dict[str, Any]]) -> list[dict
     return sent
 
 
+@pytest.mark.slow  # two server starts, or several mailcascade commands
 def test_feedback_statistics_and_export_say_when_bodies_were_not_stored(tmp_path: Path, model: FakeServer) -> None:
     emails = sample_emails(8, prefix="f")
     with Service(tmp_path, env_for(tmp_path, model)) as service, service.client() as http:
