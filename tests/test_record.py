@@ -27,7 +27,7 @@ def test_a_record_round_trips_and_leaves_out_empty_errors() -> None:
     assert data["stages"][0] == {
         "stage": "route", "status": "ok", "prompt_hash": "h", "model": "m", "attempts": 1, "http_attempts": 2,
         "failure_codes": [], "validator_status": "clean", "tokens_in": 5, "tokens_out": 2, "latency_ms": 10.0,
-        "input_hash": ""}
+        "queue_ms": 0.0, "input_hash": ""}
     assert ResultRecord.model_validate_json(record_line(ok)).model_dump(mode="json") == data
 
     failed = Result(id="b", status="failed", error="route: no answer", stages=(

@@ -61,7 +61,7 @@ class State:
     worker: BatchWorker | None = None
     metrics: Metrics = field(default_factory=Metrics)
     in_flight: int = 0
-    index: Check = field(default_factory=lambda: Check(ok=False, detail="loading"))
+    parts: dict[str, Check] = field(default_factory=dict)  # "router", "index": loaded at start-up, or why not
     warmup: asyncio.Task[None] | None = None
 
 
@@ -72,10 +72,6 @@ def parse_stages(value: str | None, default: str) -> tuple[str, ...]:
     if bad or not items:
         raise MailcascadeError(f"stages: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(STAGES)}")
     return items
-
-
-def needs_model(settings: Settings, stages: tuple[str, ...]) -> bool:
-    return "draft" in stages or ("route" in stages and settings.route.strategy == "llm")
 
 
 def to_email(item: EmailIn, source: str) -> Email:
@@ -109,7 +105,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
             await state.worker.stop()  # uvicorn has drained the requests; now the batch emails in flight
             state.warmup.cancel()
             if own:
-                await asyncio.to_thread(running.close)
+                await running.aclose()
 
     app = FastAPI(title="mailcascade", version="0.1.0", lifespan=lifespan,
                   description="Route, retrieve and draft replies to customer email; feedback from the agents.")
@@ -222,33 +218,32 @@ def _served(state: State, email: Email, result: Result, via: str) -> None:
 
 
 async def _warm_up(state: State) -> None:
-    """Load the index (if the default stages retrieve) and start the model (if they call one) before traffic."""
-    settings, pipeline = state.settings, _pipeline(state)
-    stages = parse_stages(None, settings.serve.stages)
-    if "retrieve" in stages:
+    """Load what the default stages need (router, index) and start the model, before traffic asks for them."""
+    pipeline = _pipeline(state)
+    needs = pipeline.needs(parse_stages(None, state.settings.serve.stages))
+    for part, stage in (("router", "route"), ("index", "retrieve")):
+        if part in needs:
+            state.parts[part] = Check(ok=False, detail="loading")
+            try:
+                await pipeline.astart([stage])
+                state.parts[part] = Check(ok=True, detail="loaded")
+            except Exception as exc:
+                state.parts[part] = Check(ok=False, detail=f"cannot load the {part}: {exc}")
+                log.warning("cannot load the %s: %s", part, exc)
+    if "model" in needs:
         try:
-            await asyncio.to_thread(lambda: pipeline.index)
-            state.index = Check(ok=True, detail="loaded")
-        except Exception as exc:
-            state.index = Check(ok=False, detail=f"cannot load the index: {exc}")
-            log.warning("cannot load the index: %s", exc)
-    else:
-        state.index = Check(ok=True, detail="not needed by serve.stages")
-    if needs_model(settings, stages):
-        try:
-            await asyncio.to_thread(pipeline.start)
+            await pipeline.astart(["draft"])  # the embedded model server, if the settings point at it
         except MailcascadeError as exc:
             log.warning("the model server did not start: %s", exc)
 
 
 async def _readiness(state: State) -> ReadyOut:
-    settings = state.settings
-    stages = parse_stages(None, settings.serve.stages)
-    checks = {"index": state.index}
-    if needs_model(settings, stages):
-        checks["model"] = await _model_answers(settings)
-    else:
-        checks["model"] = Check(ok=True, detail="not needed by serve.stages")
+    """Each part the default stages need: loaded (router, index) or answering (the model endpoint)."""
+    needs = _pipeline(state).needs(parse_stages(None, state.settings.serve.stages))
+    loading = Check(ok=False, detail="loading")
+    checks: dict[str, Check] = {part: state.parts.get(part, loading) for part in ("router", "index") if part in needs}
+    if "model" in needs:
+        checks["model"] = await _model_answers(state.settings)
     return ReadyOut(ready=all(c.ok for c in checks.values()), checks=checks)
 
 
