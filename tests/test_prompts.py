@@ -16,6 +16,7 @@ from mailcascade.errors import PromptError
 from mailcascade.llm import OpenAIClient
 from mailcascade.pipeline import Pipeline
 from mailcascade.prompts import load_prompts, parse_prompt
+from mailcascade.router.shortlist import Candidate
 from mailcascade.stages import draft as draft_stage
 from mailcascade.stages import route as route_stage
 from mailcascade.stages.call import Budget
@@ -150,6 +151,8 @@ def structured_values(settings: Settings, *, empty: bool) -> dict[str, Any]:
         "passages": draft_stage.passages_value(hits),
         "email": route_stage.email_value(Email("1", "Order late", "Where is it?", sender="a@b.c"), settings),
         "department": "orders",
+        "candidates": route_stage.candidates_value(
+            () if empty else (Candidate("orders", 0.9, ("Where is my order?",)), Candidate("returns", 0.4)), settings),
     }
 
 

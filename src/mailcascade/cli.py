@@ -215,6 +215,27 @@ def build_parser() -> argparse.ArgumentParser:
     fbx.add_argument("--db", metavar="FILE", help="the store (default: config store.url or store.path)")
     fbx.set_defaults(func=cmd_feedback_export)
 
+    router = sub.add_parser("router", help="train a router (fine-tuned embeddings + a classifier head)")
+    rsub = router.add_subparsers(metavar="ACTION")
+    rtrain = rsub.add_parser("train", help="fine-tune the embedding model on labelled examples (SetFit-style), fit "
+                             "a head, calibrate the out-of-scope threshold on the examples; save it under --out")
+    rtrain.add_argument("examples", metavar="EXAMPLES",
+                        help='JSONL of {"text", "department"} (like route.examples_path), or an eval definition '
+                             "(.toml) whose train split to learn from")
+    rtrain.add_argument("--out", required=True, metavar="DIR", help="where to save the router (route.model_dir)")
+    rtrain.add_argument("--epochs", type=positive_int, default=1, help="passes over the sentence pairs (default 1)")
+    rtrain.add_argument("--pairs", type=positive_int, default=2, metavar="N",
+                        help="rounds of one same-label and one other-label pair per example (default 2)")
+    rtrain.add_argument("--folds", type=int, default=3, metavar="N",
+                        help="label-held-out folds for the out-of-scope threshold, each fine-tunes an encoder "
+                             "(default 3; 0: no threshold)")
+    rtrain.add_argument("--threads", type=positive_int, default=1,
+                        help="torch CPU threads while training (default 1: on a busy 2-core machine one thread "
+                             "trained 9x faster than two)")
+    rtrain.add_argument("--data-dir", metavar="DIR", help="where an eval definition's data lives")
+    _config_arg(rtrain)
+    rtrain.set_defaults(func=cmd_router_train)
+
     model = sub.add_parser("model", help="the embedded local model server")
     msub = model.add_subparsers(metavar="ACTION")
     serve = msub.add_parser("serve", help="run the llama.cpp server with SmolLM2-135M-Instruct until Ctrl-C")
@@ -431,6 +452,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = run_in_worker(lambda: run_eval(eval_set, out, options, settings=settings))
     print(format_summary(json.loads((run / "metrics.json").read_text(encoding="utf-8"))))
     print(f"\nrun directory: {run}  (report: {run / 'report.html'})")
+    return 0
+
+
+def cmd_router_train(args: argparse.Namespace) -> int:
+    from mailcascade.catalog import Embedder
+    from mailcascade.eval.evalset import training_examples
+    from mailcascade.progress import PhaseBar
+    from mailcascade.router.train import TrainOptions, train
+    from mailcascade.stages.embed_route import negative_texts
+
+    if args.folds < 0:
+        raise MailcascadeError(f"--folds must be 0 or more, got {args.folds}")
+    settings, texts, labels = training_examples(args.examples, args.config, data_dir=args.data_dir)
+    options = TrainOptions(epochs=args.epochs, pairs_per_example=args.pairs, folds=args.folds, threads=args.threads)
+    with PhaseBar("training the router", "steps") as bar:
+        manifest = run_in_worker(lambda: train(texts, labels, args.out, Embedder(settings.embedding),
+                                               negatives=negative_texts(settings), options=options, progress=bar))
+    cal = manifest["calibration"]
+    threshold = "none" if cal["threshold"] is None else f"{cal['threshold']:.3f} on {cal['score']}"
+    print(f"router saved to {args.out}: {manifest['n_examples']} examples, {len(manifest['labels'])} departments, "
+          f"{manifest['training']['seconds']:.0f} s; out-of-scope threshold {threshold}; cross-validated accuracy "
+          f"{cal['cv_accuracy']} (in scope {cal['cv_in_scope_accuracy']})")
+    print(f'use it with [route] strategy = "trained" (or "hybrid") and model_dir = "{args.out}"')
     return 0
 
 

@@ -145,14 +145,23 @@ class RetrievalSettings:
 
 @dataclass(frozen=True)
 class RouteSettings:
-    strategy: Literal["llm", "embedding"] = "llm"
+    strategy: Literal["llm", "embedding", "trained", "hybrid"] = "llm"
     examples_path: str = ""  # JSONL of {"text", "department"}: the embedding router's examples and few-shot pool
+    model_dir: str = ""  # a trained router (`mailcascade router train ... --out DIR`): strategy "trained"/"hybrid"
+    # JSONL of {"text"} that belong to no department: extra out-of-scope items for calibration (never training)
+    negative_examples_path: str = ""
     neighbours: int = 5
     describe_departments: bool = True  # the route prompt lists each department's description, not just its name
     few_shot: int = 0  # labelled examples shown in the route prompt (from examples_path, or an eval train split)
     # embedding router: out_of_scope when the nearest example is less similar than this quantile of the examples'
     # own nearest-neighbour similarities (0: never; 0.1: as unusual as the 10% least typical examples)
     oos_quantile: float = 0.0
+    # embedding and trained routers: "cv" chooses the out-of-scope threshold by cross-validation on the examples
+    # (whole labels held out as pseudo out of scope); "off": never out of scope unless set by hand
+    oos_calibration: Literal["cv", "off"] = "cv"
+    oos_threshold: float = 0.0  # > 0: a hand-set threshold on the router's score (overrides the calibration)
+    defer_below: float = 0.6  # hybrid: the LLM decides when the router's confidence is below this
+    shortlist: int = 3  # hybrid: candidate departments the LLM chooses among (plus out_of_scope)
 
 
 @dataclass(frozen=True)
@@ -341,7 +350,8 @@ def settings_from_dict(data: Mapping[str, Any]) -> Settings:
 
 
 _PATH_KEYS = {("prompts_dir",), ("catalog", "path"), ("catalog", "index_dir"), ("store", "path"),
-              ("route", "examples_path"), ("local_server", "model_path"), ("embedding", "model")}
+              ("route", "examples_path"), ("route", "model_dir"), ("route", "negative_examples_path"),
+              ("local_server", "model_path"), ("embedding", "model")}
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -445,6 +455,7 @@ _RANGES: Mapping[str, _Range] = {
     "embedding.batch_size": _AT_LEAST_ONE,
     "retrieval.top_k": _AT_LEAST_ONE,
     "route.neighbours": _AT_LEAST_ONE, "route.few_shot": _NON_NEGATIVE, "route.oos_quantile": _Range(0, high=1),
+    "route.oos_threshold": _Range(0, high=1), "route.defer_below": _Range(0, high=1), "route.shortlist": _AT_LEAST_ONE,
     "validation.max_attempts": _AT_LEAST_ONE, "validation.max_reask_tokens": _NON_NEGATIVE,
     "validation.max_tokens_growth": _AT_LEAST_ONE,
     "input.max_email_bytes": _AT_LEAST_ONE, "input.max_prompt_chars": _AT_LEAST_ONE,

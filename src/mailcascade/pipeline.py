@@ -33,7 +33,9 @@ from mailcascade.stages import draft as draft_stage
 from mailcascade.stages import retrieve as retrieve_stage
 from mailcascade.stages import route as route_stage
 from mailcascade.stages.call import Budget, StageOutput
-from mailcascade.stages.embed_route import EmbeddingRouter, embed_route, load_examples
+from mailcascade.router.model import TrainedRouter
+from mailcascade.router.shortlist import Candidate, RouterLike
+from mailcascade.stages.embed_route import EmbeddingRouter, email_text, embed_route, load_examples
 from mailcascade.store import Store, open_store
 from mailcascade.telemetry import AttributeValue, NoTracer, TracedLLM, Tracer, document_attributes, tracer_from_settings
 from mailcascade.types import ChatRequest, ChatResponse, Draft, Email, Hit, Result, RouteDecision, StageRecord
@@ -65,16 +67,17 @@ class Pipeline:
         *,
         store: Store | None = None,
         index: retrieve_stage.Searcher | None = None,
-        router: EmbeddingRouter | None = None,
-        router_factory: Callable[[], EmbeddingRouter] | None = None,
+        router: RouterLike | None = None,
+        router_factory: Callable[[], RouterLike] | None = None,
         embedder: EmbedderLike | None = None,
         few_shot_pool: Sequence[tuple[str, str]] = (),
         server: ServerOnDemand | None = None,
         run_id: str | None = None,
         tracer: Tracer | None = None,
     ) -> None:
-        """`router_factory` builds the embedding router on first use (it embeds the examples: not cheap)."""
-        for name in ("route", "draft"):
+        """`router_factory` builds the router on first use (it embeds the examples or loads a model: not cheap)."""
+        needed = ("route", "draft", "route_shortlist") if settings.route.strategy == "hybrid" else ("route", "draft")
+        for name in needed:
             if name not in prompts:
                 raise MailcascadeError(f"no '{name}' prompt in {settings.prompts_path()}")
         self.settings = settings
@@ -100,7 +103,7 @@ class Pipeline:
     @classmethod
     def from_config(
         cls, path: str | Path | None = None, *, settings: Settings | None = None, llm: LLM | None = None,
-        index: retrieve_stage.Searcher | None = None, router: EmbeddingRouter | None = None,
+        index: retrieve_stage.Searcher | None = None, router: RouterLike | None = None,
         embedder: EmbedderLike | None = None, few_shot_pool: Sequence[tuple[str, str]] | None = None,
         run_id: str | None = None, tracer: Tracer | None = None,
     ) -> Pipeline:
@@ -119,7 +122,7 @@ class Pipeline:
             base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
         embedder = embedder or Embedder(settings.embedding)  # loads its model on first encode
         factory = None
-        if router is None and settings.route.strategy == "embedding":
+        if router is None and settings.route.strategy != "llm":
             factory = _router_factory(settings, embedder)
         if few_shot_pool is None and settings.route.few_shot and settings.route.examples_path:
             few_shot_pool = load_examples(settings.route.examples_path)
@@ -165,6 +168,8 @@ class Pipeline:
         needs = set()
         if "route" in stages:
             needs.add("router" if self._uses_router else "model")
+            if self.settings.route.strategy == "hybrid":
+                needs.add("model")  # for the emails the router is unsure about
         if "retrieve" in stages:
             needs.add("index")
         if "draft" in stages:
@@ -191,14 +196,13 @@ class Pipeline:
         await asyncio.to_thread(self.close)
 
     @property
-    def router(self) -> EmbeddingRouter | None:
-        """The embedding router (built on first use), or None when routing is by the LLM."""
+    def router(self) -> RouterLike | None:
+        """The embedding or trained router (built on first use), or None when routing is by the LLM."""
         with self._router_lock:
             if self._router is None and self._router_factory is not None:
                 started = time.perf_counter()
                 self._router = self._router_factory()
-                log.info("embedding router ready: %d examples in %.1f s", len(self._router.texts),
-                         time.perf_counter() - started)
+                log.info("router %s ready in %.1f s", self._router.name, time.perf_counter() - started)
             return self._router
 
     @property
@@ -265,8 +269,8 @@ class Pipeline:
         if "route" in stages:
             router = self._router or (await asyncio.to_thread(lambda: self.router) if self._uses_router else None)
             if router is not None:
-                routed = await self._stage(work, "route", lambda: asyncio.to_thread(embed_route, email, router,
-                                                                                    max_chars))
+                llm = self._llm_for(work, "route")
+                routed = await self._stage(work, "route", lambda: self._route_by_router(email, router, llm, budget))
             else:
                 llm = self._llm_for(work, "route")
                 routed = await self._stage(work, "route", lambda: route_stage.aroute(
@@ -284,6 +288,26 @@ class Pipeline:
                 email, _department(routed), retrieved.value or (), llm, self.prompts["draft"], self.settings,
                 self.policies["draft"], budget))
         return routed, retrieved, drafted
+
+    async def _route_by_router(self, email: Email, router: RouterLike, llm: LLM,
+                               budget: Budget) -> StageOutput[RouteDecision]:
+        """The router's decision; with the hybrid strategy, the LLM's choice among the router's shortlist when the
+        router's confidence is below route.defer_below."""
+        routed = await asyncio.to_thread(embed_route, email, router, self.settings.input.max_prompt_chars)
+        shortlist = await asyncio.to_thread(self._shortlist, router, email, routed)
+        if shortlist is None:
+            return routed
+        asked = await route_stage.aroute_shortlist(email, llm, self.prompts["route_shortlist"], self.settings,
+                                                   self.policies["route"], budget, shortlist)
+        return route_stage.overrule(routed, asked)
+
+    def _shortlist(self, router: RouterLike, email: Email,
+                   routed: StageOutput[RouteDecision]) -> list[Candidate] | None:
+        """Hybrid: the candidates for the LLM when the router is unsure (None: the router's decision stands)."""
+        route = self.settings.route
+        if route.strategy != "hybrid" or routed.value is None or routed.value.confidence >= route.defer_below:
+            return None
+        return router.shortlist([email_text(email, self.settings.input.max_prompt_chars)], route.shortlist)[0]
 
     async def _stage(self, work: _Work, name: str, run: Callable[[], Awaitable[StageOutput[T]]]) -> StageOutput[T]:
         work.stage = name
@@ -537,16 +561,26 @@ class _DeadlineLLM:
             raise self._error(attempts=1) from None
 
 
-def _router_factory(settings: Settings, embedder: EmbedderLike) -> Callable[[], EmbeddingRouter]:
-    """Check the embedding router's examples now (cheap); embed them when the router is first used."""
-    if not settings.route.examples_path:
-        raise ConfigError('[route] strategy = "embedding" needs examples_path', key="route.examples_path")
-    pairs = load_examples(settings.route.examples_path, settings.department_names)
+def _router_factory(settings: Settings, embedder: EmbedderLike) -> Callable[[], RouterLike]:
+    """The router `[route] strategy` asks for, built on first use; what can be checked cheaply is checked now.
+
+    "embedding": the k-NN router over `route.examples_path` (examples checked now, embedded and calibrated on first
+    use); "trained": the model in `route.model_dir` (its manifest checked now); "hybrid": the trained router when
+    model_dir is set, else the k-NN router."""
     route = settings.route
+    if route.strategy == "trained" or (route.strategy == "hybrid" and route.model_dir):
+        if not route.model_dir:
+            raise ConfigError('[route] strategy = "trained" needs model_dir (create one with '
+                              "`mailcascade router train EXAMPLES --out DIR`)", key="route.model_dir")
+        TrainedRouter.check(route.model_dir, settings)
+        return lambda: TrainedRouter.load(route.model_dir, settings)
+    if not route.examples_path:
+        raise ConfigError(f'[route] strategy = "{route.strategy}" needs examples_path (or model_dir)',
+                          key="route.examples_path")
+    pairs = load_examples(route.examples_path, settings.department_names)
 
     def build() -> EmbeddingRouter:
-        return EmbeddingRouter([t for t, _ in pairs], [label for _, label in pairs], embedder, route.neighbours,
-                               oos_quantile=route.oos_quantile)
+        return EmbeddingRouter.calibrated([t for t, _ in pairs], [label for _, label in pairs], embedder, settings)
 
     return build
 

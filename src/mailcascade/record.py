@@ -66,6 +66,7 @@ class ResultRecord(_Record):
     department: str | None = None
     confidence: float | None = None
     route_reason: str | None = None
+    decided_by: str | None = _optional("who routed: router (embedding or trained) or llm")
     hits: list[HitRecord] = Field(default_factory=list)
     draft: str | None = None
     cited_product_ids: list[str] = Field(default_factory=list)
@@ -106,6 +107,7 @@ def result_record(result: Result) -> ResultRecord:
         department=route.department if route else None,
         confidence=route.confidence if route else None,
         route_reason=route.reason if route else None,
+        decided_by=(route.decided_by or None) if route else None,
         hits=[hit_record(h) for h in result.hits],
         draft=draft.reply if draft else None,
         cited_product_ids=list(draft.product_ids) if draft else [],

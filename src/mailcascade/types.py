@@ -95,6 +95,7 @@ class RouteDecision:
     department: str
     confidence: float
     reason: str = ""
+    decided_by: str = ""  # "router" (embedding/trained) or "llm"; empty when given or from an older record
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """No "Loading weights" bar from transformers while the model loads; its setting is restored after."""
     from transformers.utils import logging as hf_logging
 
@@ -151,7 +151,7 @@ class Embedder:
         except ImportError:
             raise CatalogError("sentence-transformers is not installed: pip install sentence-transformers") from None
         try:
-            with _quiet_loading():
+            with quiet_loading():
                 model = SentenceTransformer(location, device=self.settings.device, local_files_only=True)
         except Exception as exc:  # the library raises OSError, ValueError, HF errors...
             raise CatalogError(f"cannot load embedding model {location!r} (offline, local files only): "

@@ -20,6 +20,7 @@ import numpy as np
 from mailcascade.catalog import EmbedderLike
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.evalset import EvalSet
+from mailcascade.router.logreg import LogisticRegression
 from mailcascade.stages.embed_route import EmbeddingRouter, email_text
 from mailcascade.types import OUT_OF_SCOPE, RouteDecision
 
@@ -53,60 +54,6 @@ def embedding_baseline(
 ) -> list[RouteDecision]:
     """k-NN routing of test_texts by the labelled train_texts (see `EmbeddingRouter`)."""
     return EmbeddingRouter(train_texts, train_labels, embedder, k).predict(test_texts)
-
-
-class LogisticRegression:
-    """Multinomial logistic regression on L2-normalised embeddings (numpy, deterministic).
-
-    Full-batch gradient descent with Nesterov momentum on the mean cross-entropy plus `l2` * ||W||^2 / 2 (the
-    bias is not penalised). Rows are L2-normalised, so the loss is smooth with constant <= 1 and a fixed step
-    converges. `predict_proba` gives calibrated-ish class probabilities; the confidence of a decision is the
-    winning class's probability.
-    """
-
-    def __init__(self, vectors: np.ndarray, labels: Sequence[str], *, l2: float = 1e-3, steps: int = 400,
-                 lr: float = 2.0) -> None:
-        if len(labels) != len(vectors) or not len(labels):
-            raise ValueError("the logistic regression needs one label per row and at least one row")
-        self.classes: tuple[str, ...] = tuple(sorted(set(labels)))
-        index = {c: i for i, c in enumerate(self.classes)}
-        x = _unit(vectors)
-        y = np.zeros((x.shape[0], len(self.classes)), dtype=np.float64)
-        y[np.arange(x.shape[0]), [index[label] for label in labels]] = 1.0
-        w = np.zeros((x.shape[1], len(self.classes)))
-        b = np.zeros(len(self.classes))
-        vw, vb = np.zeros_like(w), np.zeros_like(b)
-        n = x.shape[0]
-        for _ in range(steps if len(self.classes) > 1 else 0):
-            lw, lb = w + 0.9 * vw, b + 0.9 * vb  # look-ahead point (Nesterov)
-            p = _softmax(x @ lw + lb)
-            gw = x.T @ (p - y) / n + l2 * lw
-            gb = (p - y).mean(axis=0)
-            vw, vb = 0.9 * vw - lr * gw, 0.9 * vb - lr * gb
-            w, b = w + vw, b + vb
-        self.w, self.b = w, b
-
-    def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
-        return _softmax(_unit(vectors) @ self.w + self.b)
-
-    def predict_vectors(self, vectors: np.ndarray) -> list[RouteDecision]:
-        proba = self.predict_proba(vectors)
-        best = proba.argmax(axis=1)
-        return [RouteDecision(department=self.classes[j], confidence=round(float(row[j]), 6),
-                              reason=f"logistic regression: p={float(row[j]):.2f}")
-                for row, j in zip(proba, best, strict=True)]
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    x = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms == 0, 1.0, norms)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
 
 
 def _cross_fitted_logreg(vectors: np.ndarray, labels: Sequence[str], folds: int = 5) -> list[RouteDecision]:

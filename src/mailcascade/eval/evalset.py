@@ -171,3 +171,25 @@ def _local_file(defn: Path, key: str, value: str) -> Path | None:
     if not resolved.is_file():
         raise EvalError(f"{defn}: {key} = {value!r}: file not found: {resolved} (relative to the definition file)")
     return resolved
+
+
+def training_examples(
+    path: str | Path, config: str | Path | None, *, data_dir: str | Path | None = None,
+) -> tuple[Settings, list[str], list[str]]:
+    """The settings and the (texts, departments) a router learns from: a JSONL of {"text", "department"} checked
+    against the configured departments, or an eval definition's train split (with the definition's own config
+    unless `config` is given)."""
+    from mailcascade.stages.embed_route import email_text, load_examples
+
+    p = Path(path)
+    if p.suffix.lower() == ".toml":
+        eval_set = load_eval_set(p, data_dir=data_dir)
+        settings = load_settings(config) if config else load_settings(eval_set.config)
+        check_departments(eval_set, settings.department_names)
+        train = [c for c in eval_set.train if c.expected.department is not None]
+        if not train:
+            raise EvalError(f"{p}: this eval definition has no train split (train_path) to learn from")
+        return settings, [email_text(c.email) for c in train], [str(c.expected.department) for c in train]
+    settings = load_settings(config)
+    pairs = load_examples(p, settings.department_names)
+    return settings, [t for t, _ in pairs], [label for _, label in pairs]

@@ -61,7 +61,7 @@ def case_record(
         "status": result.status,
         "error": result.error,
         "route": ({"department": result.route.department, "confidence": result.route.confidence,
-                   "reason": result.route.reason} if result.route else None),
+                   "reason": result.route.reason, "decided_by": result.route.decided_by} if result.route else None),
         "retrieved": [{"product_id": h.product_id, "passage_id": h.passage_id, "score": round(h.score, 6)}
                       for h in result.hits],
         "draft": ({"reply": result.draft.reply, "cited": list(result.draft.product_ids)} if result.draft else None),
@@ -123,6 +123,7 @@ def compute_metrics(
             baselines[name] = {"accuracy": accuracy(gold, bpred, labels), "macro_f1": macro_f1(gold, bpred, labels),
                                "accuracy_ci": _ci(lambda g, p: accuracy(g, p, labels), gold, bpred, seed=seed)}
         routing["baselines"] = baselines
+        routing["decided_by"] = decided_by_shares(routed, labels)
         strongest = strongest_constant(baselines)
         if strongest is not None:
             routing["majority_baseline"] = {"name": strongest[0], "accuracy": strongest[1]}
@@ -164,6 +165,24 @@ def compute_metrics(
     out["validator"] = validator_funnel(records)
     out["infrastructure"] = infrastructure_errors(records)
     out["cost"] = cost(records, prices)
+    return out
+
+
+def decided_by_shares(routed: Sequence[Record], labels: Sequence[str]) -> dict[str, Any] | None:
+    """Who decided each routed case ("router" or "llm", from the hybrid strategy): the share of each and the
+    accuracy on it. None when no case says (LLM-only runs and records of older runs)."""
+    by: dict[str, list[Record]] = {}
+    for r in routed:
+        who = (r.get("route") or {}).get("decided_by") or ""
+        by.setdefault(who, []).append(r)
+    if set(by) <= {""}:
+        return None
+    out: dict[str, Any] = {}
+    for who, rows in sorted(by.items()):
+        gold = [r["expected"]["department"] for r in rows]
+        pred = [r["route"]["department"] if r["route"] else None for r in rows]
+        out[who or "unknown"] = {"n": len(rows), "share": len(rows) / len(routed),
+                                 "accuracy": accuracy(gold, pred, labels)}
     return out
 
 

@@ -447,6 +447,27 @@ def page(title: str, top: str, parts: Sequence[tuple[str, str, str]]) -> str:
             + "".join(body for _, _, body in parts) + "</body></html>\n")
 
 
+def router_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """The router's out-of-scope threshold (and where it came from) and, for the hybrid, who decided how much."""
+    lines: list[str] = []
+    router = metrics.get("router") or {}
+    cal = router.get("calibration") or {}
+    if router:
+        if cal.get("threshold") is None:
+            what = "none (never out of scope)"
+        else:
+            what = f"{cal['threshold']:.3f} on {cal.get('score')}, {cal.get('source')}"
+        if cal.get("source") == "cv":
+            what += (f" on the router's examples only ({cal.get('folds')} label-held-out folds; CV accuracy "
+                     f"{num(cal.get('cv_accuracy'))}, in scope {num(cal.get('cv_in_scope_accuracy'))})")
+        lines += ["", f"router {router.get('name')}: out-of-scope threshold {what}"]
+    shares = (metrics.get("routing") or {}).get("decided_by") or {}
+    if len(shares) > 1 or "llm" in shares:
+        lines.append("decided by: " + "; ".join(f"{who} {s['share']:.1%} of cases (accuracy {num(s['accuracy'])})"
+                                                for who, s in shares.items()))
+    return lines
+
+
 def format_summary(metrics: Mapping[str, Any]) -> str:
     """Plain-text summary for the terminal: headline metrics with CIs and baselines, validator funnel, cost."""
     names, rows = headline_rows(metrics)
@@ -460,6 +481,7 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     lines += [header_row, "-" * len(header_row)]
     for label, value, ci, *base in rows:
         lines.append(f"{label:<30}{num(value):>8}  {ci:<18}" + "".join(f"{num(b):>15}" for b in base))
+    lines += router_lines(metrics)
     funnel = metrics.get("validator") or {}
     if funnel:
         head = f"{'validator':<12}{'cases':>7}" + "".join(f"{label:>13}" for _, label in FUNNEL) + "  top codes"

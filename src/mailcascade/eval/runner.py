@@ -132,16 +132,18 @@ class EmbeddingCache:
 
 
 def train_router(eval_set: EvalSet, settings: Settings, vectors: EmbeddingCache) -> EmbeddingRouter | None:
-    """With `[route] strategy = "embedding"` and no examples_path, the router learns from the train split."""
-    if settings.route.strategy != "embedding" or settings.route.examples_path:
+    """With `[route] strategy = "embedding"` (or "hybrid" without a model_dir) and no examples_path, the k-NN router
+    learns from the train split, its out-of-scope threshold calibrated on the train split only."""
+    route = settings.route
+    knn = route.strategy == "embedding" or (route.strategy == "hybrid" and not route.model_dir)
+    if not knn or route.examples_path:
         return None
     train = [c for c in eval_set.train if c.expected.department is not None]
     if not train:
         raise EvalError(f"{eval_set.name}: the embedding router needs [route] examples_path or a train split")
     texts = [email_text(c.email) for c in train]
-    return EmbeddingRouter(texts, [str(c.expected.department) for c in train], vectors.embedder,
-                           settings.route.neighbours, vectors=vectors.encode(texts),
-                           oos_quantile=settings.route.oos_quantile)
+    return EmbeddingRouter.calibrated(texts, [str(c.expected.department) for c in train], vectors.embedder,
+                                      settings, vectors=vectors.encode(texts))
 
 
 def gold_hits(case: EvalCase, passages: Sequence[Passage], level: str) -> tuple[Hit, ...]:
@@ -244,8 +246,11 @@ def run_eval(
     run_info.update({
         "status": "done", "finished": time.time(), "seconds": round(time.time() - started, 3),
         "baseline_source": baselines.source,
+        "router": pipeline.router.describe() if pipeline.router is not None else None,
         "cache": {"hits": stats.hits, "misses": stats.misses} if stats else None,
     })
+    if run_info["router"] is not None:
+        metrics["router"] = run_info["router"]  # its out-of-scope calibration, for the summary and the report
     _write_json(out / "run.json", run_info)
     _write_json(out / "metrics.json", metrics)
     pipeline.finish_run({"eval": str(out), "cases": len(records), "cache": run_info["cache"]})

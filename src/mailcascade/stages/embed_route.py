@@ -12,10 +12,16 @@ Configuration:
     strategy = "embedding"
     examples_path = "eval/router_examples.jsonl"   # one {"text": ..., "department": ...} per line
     neighbours = 5
+    negative_examples_path = ""   # optional texts that belong to no department (calibration only)
+
+The out-of-scope threshold on the nearest example's similarity is chosen by cross-validation on the examples
+(`route.oos_calibration = "cv"`, see `mailcascade.router.calibrate`), unless set by hand (`route.oos_threshold`,
+or `route.oos_quantile` of the examples' own nearest-neighbour similarities) or switched off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -28,6 +34,8 @@ import numpy as np
 from mailcascade.catalog import EmbedderLike
 from mailcascade.config import Settings
 from mailcascade.errors import ConfigError
+from mailcascade.router.calibrate import Calibration, Fold, Scored, calibrate
+from mailcascade.router.shortlist import Candidate, RouterLike, shortlist_rows
 from mailcascade.types import OUT_OF_SCOPE, Email, RouteDecision, StageRecord
 
 if TYPE_CHECKING:
@@ -104,6 +112,7 @@ class EmbeddingRouter:
         *,
         vectors: np.ndarray | None = None,
         oos_quantile: float = 0.0,
+        calibration: Calibration | None = None,
     ) -> None:
         if len(texts) != len(labels):
             raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")
@@ -117,11 +126,17 @@ class EmbeddingRouter:
         self.k = k
         raw = embedder.encode(self.texts) if vectors is None else vectors
         self.vectors = _unit_rows(raw, len(self.texts))
-        # a short hash of the embedder, k and the examples: changes whenever any of them does
-        payload = json.dumps([embedder.name, k, oos_quantile, self.texts, self.labels], ensure_ascii=False)
-        self.fingerprint: str = hashlib.sha256(payload.encode()).hexdigest()[:12]
         self.oos_quantile = oos_quantile
-        self.min_similarity = self._calibrate(oos_quantile) if oos_quantile > 0 else None
+        if calibration is None:
+            calibration = (Calibration(threshold=self._calibrate(oos_quantile), source="hand-set",
+                                       score=f"similarity (quantile {oos_quantile:g} of the examples')")
+                           if oos_quantile > 0 else Calibration(threshold=None, source="off"))
+        self.calibration = calibration
+        self.min_similarity = calibration.threshold
+        # a short hash of the embedder, k, the threshold and the examples: changes whenever any of them does
+        payload = json.dumps([embedder.name, k, oos_quantile, self.texts, self.labels]
+                             + ([self.min_similarity] if calibration.source == "cv" else []), ensure_ascii=False)
+        self.fingerprint: str = hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def _calibrate(self, quantile: float) -> float:
         """The similarity below which an email is out of scope: the `quantile` of the examples' own
@@ -154,11 +169,33 @@ class EmbeddingRouter:
 
     @classmethod
     def from_settings(cls, settings: Settings, embedder: EmbedderLike) -> EmbeddingRouter:
-        """The router `[route]` configures: examples_path, neighbours, checked against the departments."""
+        """The router `[route]` configures: examples_path, neighbours, checked against the departments, with the
+        out-of-scope threshold the settings ask for (cross-validated on the examples by default)."""
         if not settings.route.examples_path:
-            raise ConfigError('[route] strategy = "embedding" needs examples_path', key="route.examples_path")
-        return cls.from_jsonl(settings.route.examples_path, embedder, settings.route.neighbours,
-                              settings.department_names, settings.route.oos_quantile)
+            raise ConfigError(f'[route] strategy = "{settings.route.strategy}" needs examples_path (or model_dir)',
+                              key="route.examples_path")
+        pairs = load_examples(settings.route.examples_path, settings.department_names)
+        return cls.calibrated([t for t, _ in pairs], [label for _, label in pairs], embedder, settings)
+
+    @classmethod
+    def calibrated(
+        cls, texts: Sequence[str], labels: Sequence[str], embedder: EmbedderLike, settings: Settings, *,
+        vectors: np.ndarray | None = None,
+    ) -> EmbeddingRouter:
+        """A router over the examples with the threshold `[route]` asks for: oos_threshold or oos_quantile when set
+        by hand, else (oos_calibration = "cv") chosen by label-held-out cross-validation on these examples and
+        the negative examples, else none."""
+        route = settings.route
+        vectors = _unit_rows(embedder.encode(list(texts)) if vectors is None else vectors, len(texts))
+        calibration: Calibration | None = None
+        if route.oos_threshold > 0:
+            calibration = Calibration(threshold=route.oos_threshold, source="hand-set")
+        elif route.oos_quantile == 0 and route.oos_calibration == "cv" and len(set(labels)) >= 2:
+            negatives = negative_texts(settings)
+            calibration = knn_calibration(vectors, labels, route.neighbours,
+                                          embedder.encode(negatives) if negatives else None)
+        return cls(texts, labels, embedder, route.neighbours, vectors=vectors, oos_quantile=route.oos_quantile,
+                   calibration=calibration)
 
     @property
     def name(self) -> str:
@@ -169,7 +206,21 @@ class EmbeddingRouter:
         """A router over some of the examples, reusing their embeddings (for learning curves)."""
         picked = list(indices)
         return EmbeddingRouter([self.texts[i] for i in picked], [self.labels[i] for i in picked], self.embedder,
-                               self.k, vectors=self.vectors[picked], oos_quantile=self.oos_quantile)
+                               self.k, vectors=self.vectors[picked], oos_quantile=self.oos_quantile,
+                               calibration=self.calibration if self.calibration.source != "cv" else None)
+
+    def describe(self) -> dict[str, object]:
+        """What the run records about the router: its name, examples and out-of-scope calibration."""
+        return {"strategy": "embedding", "name": self.name, "fingerprint": self.fingerprint,
+                "n_examples": len(self.texts), "labels": sorted(set(self.labels)),
+                "calibration": self.calibration.to_dict()}
+
+    def shortlist(self, texts: Sequence[str], n: int, examples: int = 2) -> list[list[Candidate]]:
+        """Per text, the n departments whose nearest examples are most similar, each with those examples."""
+        if not texts:
+            return []
+        q = _unit_rows(self.embedder.encode(list(texts)), len(texts))
+        return [shortlist_rows(row, self.labels, self.texts, n, examples) for row in q @ self.vectors.T]
 
     def predict(self, texts: Sequence[str]) -> list[RouteDecision]:
         """One decision per text."""
@@ -227,7 +278,85 @@ class EmbeddingRouter:
         return self.predict([email_text(email, max_chars)])[0]
 
 
-def embed_route(email: Email, router: EmbeddingRouter, max_chars: int = 2000) -> StageOutput[RouteDecision]:
+def negative_texts(settings: Settings) -> list[str]:
+    """The texts of `route.negative_examples_path` (JSONL with a "text" on each line; a department, if given, must be
+    out_of_scope), or none."""
+    path = settings.route.negative_examples_path
+    if not path:
+        return []
+    pairs = load_examples_any(path, "route.negative_examples_path")
+    wrong = [label for _, label in pairs if label not in ("", OUT_OF_SCOPE)]
+    if wrong:
+        raise ConfigError(f"{path}: negative examples belong to no department; found department {wrong[0]!r} "
+                          f"(leave it out or write {OUT_OF_SCOPE})", key="route.negative_examples_path")
+    return [t for t, _ in pairs]
+
+
+def load_examples_any(path: str | Path, key: str) -> list[tuple[str, str]]:
+    """(text, department or "") from JSONL lines with a "text" (and optionally a "department")."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", key=key) from None
+    out: list[tuple[str, str]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: invalid JSON: {exc.msg}", key=key) from None
+        if not (isinstance(item, dict) and isinstance(item.get("text"), str)
+                and isinstance(item.get("department", ""), str)):
+            raise ConfigError(f'{path}:{number}: expected {{"text": str}}', key=key)
+        out.append((item["text"], item.get("department", "")))
+    return out
+
+
+def knn_calibration(
+    vectors: np.ndarray, labels: Sequence[str], k: int, negatives: np.ndarray | None, folds: int = 5,
+) -> Calibration:
+    """The k-NN router's out-of-scope threshold on the nearest example's similarity, by label-held-out
+    cross-validation over its own examples (see `mailcascade.router.calibrate`)."""
+    unit = _unit_rows(vectors, len(labels))
+    neg = _unit_rows(negatives, negatives.shape[0]) if negatives is not None and len(negatives) else None
+
+    def fold_scores(fold: Fold) -> tuple[list[Scored], list[Scored]]:
+        train = list(fold.train)
+        router = EmbeddingRouter([""] * len(train), [labels[i] for i in train], _NoEmbedder(unit.shape[1]), k,
+                                 vectors=unit[train])
+        tests = [*fold.test, *fold.held_out]
+        sims = (unit[tests] @ unit[train].T).max(axis=1)
+        decisions = router.predict_vectors(unit[tests])
+        held = set(fold.held_out)
+        scored = [Scored(float(s), d.department == labels[i] and i not in held, i in held)
+                  for i, s, d in zip(tests, sims, decisions, strict=True)]
+        negative = ([Scored(float(s), False, True) for s in (neg @ unit[train].T).max(axis=1)]
+                    if neg is not None else [])
+        return scored, negative
+
+    return calibrate(labels, fold_scores, folds=folds, score="similarity")
+
+
+class _NoEmbedder:
+    """Stands in for an embedder where every vector is given (cross-validation folds)."""
+
+    def __init__(self, dim: int) -> None:
+        self._dim = dim
+
+    @property
+    def name(self) -> str:
+        return "given-vectors"
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        raise ValueError("vectors were given; nothing to encode")
+
+
+def embed_route(email: Email, router: RouterLike, max_chars: int = 2000) -> StageOutput[RouteDecision]:
     """The route stage with the embedding strategy: the decision plus a trace record.
 
     The record's prompt_hash holds the router's fingerprint (embedder, k, examples), so a run records which
@@ -239,7 +368,7 @@ def embed_route(email: Email, router: EmbeddingRouter, max_chars: int = 2000) ->
 
     started = time.perf_counter()
     text = email_text(email, max_chars)
-    decision = router.predict([text])[0]
+    decision = dataclasses.replace(router.predict([text])[0], decided_by="router")
     record = StageRecord(
         stage="route",
         status="ok",

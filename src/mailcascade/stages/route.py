@@ -1,12 +1,18 @@
-"""Route: the LLM picks a department (from configuration) with a confidence and a reason."""
+"""Route: the LLM picks a department (from configuration) with a confidence and a reason.
+
+With the hybrid strategy the LLM chooses only among a shortlist the router made (`route_shortlist.md`): each
+candidate with its description and its nearest examples, and out_of_scope.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from mailcascade.config import Settings
 from mailcascade.llm.base import LLM
 from mailcascade.prompts import Prompt
+from mailcascade.router.shortlist import Candidate
 from mailcascade.stages.call import Budget, Call, StageOutput, arun_call, input_hash, output_of, run_call
 from mailcascade.types import OUT_OF_SCOPE, Email, RouteDecision, StageRecord
 from mailcascade.untrusted import neutralise, prompt_fields
@@ -76,8 +82,69 @@ def finish(call: Call, record: StageRecord) -> StageOutput[RouteDecision]:
         department=str(value.get("department", "")),
         confidence=float(value.get("confidence", 0.0)),
         reason=str(value.get("reason", "")),
+        decided_by="llm",
     )
     return output_of(call, record, decision)
+
+
+def candidates_value(candidates: Sequence[Candidate], settings: Settings) -> list[dict[str, object]]:
+    """The `candidates` prompt variable: {name, description, examples} per shortlisted department (examples
+    neutralised, on one line, at most 300 characters each), out_of_scope last with no examples."""
+    described = {d.name: d.description for d in settings.departments}
+    describe = settings.route.describe_departments
+    shown: list[dict[str, object]] = [
+        {"name": c.department, "description": described.get(c.department, "") if describe else "",
+         "examples": [e["text"] for e in examples_value([(t, c.department) for t in c.examples])]}
+        for c in candidates if c.department != OUT_OF_SCOPE]
+    return [*shown, {"name": OUT_OF_SCOPE, "description": "none of the above" if describe else "", "examples": []}]
+
+
+def prepare_shortlist(
+    email: Email, prompt: Prompt, settings: Settings, policy: Policy, budget: Budget,
+    candidates: Sequence[Candidate],
+) -> Call:
+    values = {
+        "candidates": candidates_value(candidates, settings),
+        "department_names": [c.department for c in candidates if c.department != OUT_OF_SCOPE] + [OUT_OF_SCOPE],
+        "email": email_value(email, settings),
+    }
+    return Call(
+        stage="route",
+        prompt=prompt,
+        messages=list(prompt.render(values)),
+        schema=prompt.schema(values),
+        context=ValidationContext(departments=tuple(values["department_names"])),  # type: ignore[arg-type]
+        policy=policy,
+        settings=settings.validation,
+        budget=budget,
+    )
+
+
+def overrule(router: StageOutput[RouteDecision], llm: StageOutput[RouteDecision]) -> StageOutput[RouteDecision]:
+    """The hybrid's route output: the LLM's decision and trace; when the LLM gave no valid answer, its trace with
+    the router's decision (decided_by "router")."""
+    if llm.value is not None or router.value is None:
+        return llm
+    kept = dataclasses.replace(router.value, decided_by="router",
+                               reason=f"the LLM gave no valid answer ({llm.record.status}); router: "
+                                      f"{router.value.reason}")
+    return dataclasses.replace(llm, value=kept)
+
+
+def route_shortlist(
+    email: Email, llm: LLM, prompt: Prompt, settings: Settings, policy: Policy, budget: Budget,
+    candidates: Sequence[Candidate],
+) -> StageOutput[RouteDecision]:
+    call = prepare_shortlist(email, prompt, settings, policy, budget, candidates)
+    return finish(call, run_call(call, llm, input_hash(call.messages)))
+
+
+async def aroute_shortlist(
+    email: Email, llm: LLM, prompt: Prompt, settings: Settings, policy: Policy, budget: Budget,
+    candidates: Sequence[Candidate],
+) -> StageOutput[RouteDecision]:
+    call = prepare_shortlist(email, prompt, settings, policy, budget, candidates)
+    return finish(call, await arun_call(call, llm, input_hash(call.messages)))
 
 
 def route(
