@@ -85,7 +85,9 @@ class Planted:
 
 def embedding_settings(tmp_path: Path, examples: Path | None = None) -> Settings:
     s = Settings()
-    route = dataclasses.replace(s.route, strategy="embedding", examples_path=str(examples) if examples else "")
+    # no out-of-scope threshold: the planted data has no out-of-scope traffic, and the alarms are the subject here
+    route = dataclasses.replace(s.route, strategy="embedding", examples_path=str(examples) if examples else "",
+                                oos_calibration="off")
     return s.replace(store=StoreSettings(path=str(tmp_path / "log.db")), route=route)
 
 

@@ -29,12 +29,12 @@ from mailcascade.llm.cache import CachedLLM
 from mailcascade.llm.on_demand import ServerOnDemand
 from mailcascade.progress import PhaseBar
 from mailcascade.prompts import Prompt, load_prompts
+from mailcascade.router.model import TrainedRouter
+from mailcascade.router.shortlist import Candidate, RouterLike
 from mailcascade.stages import draft as draft_stage
 from mailcascade.stages import retrieve as retrieve_stage
 from mailcascade.stages import route as route_stage
 from mailcascade.stages.call import Budget, StageOutput
-from mailcascade.router.model import TrainedRouter
-from mailcascade.router.shortlist import Candidate, RouterLike
 from mailcascade.stages.embed_route import EmbeddingRouter, email_text, embed_route, load_examples
 from mailcascade.store import Store, open_store
 from mailcascade.telemetry import AttributeValue, NoTracer, TracedLLM, Tracer, document_attributes, tracer_from_settings
