@@ -265,7 +265,7 @@ class Pipeline:
     async def _cascade(self, work: _Work, stages: Sequence[str], given: Given) -> tuple[
         StageOutput[RouteDecision], StageOutput[tuple[Hit, ...]], StageOutput[Draft] | None
     ]:
-        email, max_chars, budget = work.email, self.settings.input.max_prompt_chars, self._budget()
+        email, budget = work.email, self._budget()
         if "route" in stages:
             router = self._router or (await asyncio.to_thread(lambda: self.router) if self._uses_router else None)
             if router is not None:
