@@ -1,0 +1,135 @@
+"""The quickstart's emails on the embedded model, before and after the one-slot change, side by side in one run.
+
+    python bench/bench_quickstart.py [--before REV] [--rounds N] [--inputs PATH...]
+
+"before" runs the code of revision REV (default: the commit before the one-slot change) from a temporary git
+worktree, with that revision's defaults: llama.cpp on 2 threads for generation and prompt evaluation, no prompt
+cache, torch on its default threads, 4 emails in flight and no limit on requests in flight (the server queues them),
+grammar bounds sent. "after" runs this tree's defaults: one slot (the client queues), 2 emails in flight, 1 llama
+thread and 1 torch thread on 2 cores, the RAM prompt cache, no grammar bounds. Each variant gets its own llama.cpp
+server on a free loopback port (started here, stopped after), a fresh store (no cached answers) and its own
+catalogue index, built before the clock starts. Prints wall times, route latency and queue percentiles, and the
+ratio after / before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mailcascade.config import LOCAL_MODEL, LocalServerSettings  # noqa: E402
+from mailcascade.llm.local_server import LocalServer  # noqa: E402
+
+# llama.cpp's extra buffer types (weight repacking, AMX) crash this VM's llama-cpp-python build on any prompt of
+# more than one token (segfault in decode): BENCH_NO_EXTRA_BUFTS=1 starts the same server with them off, for both.
+NO_EXTRA_BUFTS = (
+    "import runpy, llama_cpp.llama as L; d = L.llama_cpp.llama_model_default_params\n"
+    "def p():\n    x = d(); x.use_extra_bufts = False; return x\n"
+    "L.llama_cpp.llama_model_default_params = p\n"
+    "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)"
+)
+BEFORE = "cc48b5b^"  # main just before the one-slot change
+INPUTS = ["data/sample_emails.jsonl", "data/emails"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_variant(name: str, tree: Path, server: LocalServerSettings, env_extra: dict[str, str],
+                work: Path) -> dict[str, float]:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCASCADE_")}
+    env.update({
+        "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "OPENAI_BASE_URL": base_url, "MAILCASCADE_LLM__MODEL": LOCAL_MODEL,
+        "MAILCASCADE_STORE__PATH": str(work / f"{name}.db"),
+        "MAILCASCADE_CATALOG__INDEX_DIR": str(work / f"{name}-index"),
+        **env_extra,
+    })
+    cli = [sys.executable, "-c", "import sys; from mailcascade.cli import main; sys.exit(main())"]
+    subprocess.run([*cli, "index", "build"], cwd=tree, env=env, check=True, capture_output=True)
+    out = work / f"{name}.jsonl"
+    local = LocalServer(server, base_url)
+    command = local.command()
+    if os.environ.get("BENCH_NO_EXTRA_BUFTS"):  # see the module docstring
+        command[1:3] = ["-c", NO_EXTRA_BUFTS]
+    log = (work / f"{name}-server.log").open("wb")
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while not local.is_up():
+            if proc.poll() is not None:
+                raise SystemExit(f"{name}: the llama.cpp server exited with {proc.returncode}")
+            time.sleep(0.25)
+        started = time.perf_counter()
+        done = subprocess.run([*cli, "run", *INPUTS, "--out", str(out), "--no-progress"], cwd=tree, env=env,
+                              capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    if done.returncode not in (0, 3, 4):
+        raise SystemExit(f"{name}: mailcascade run exited {done.returncode}: {done.stderr[-2000:]}")
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    if os.environ.get("BENCH_DEBUG"):
+        print(name, done.stderr[-1500:], [r.get("error") for r in records[:2]], file=sys.stderr)
+    route = [s for r in records for s in r.get("stages", []) if s["stage"] == "route" and s.get("attempts")]
+    lat = [s["latency_ms"] for s in route]
+    queue = [s.get("queue_ms", 0.0) for s in route]
+    return {"seconds": seconds, "emails": len(records), "ok": sum(r["status"] == "ok" for r in records),
+            "route_p50_ms": statistics.median(lat) if lat else 0.0,
+            "queue_p50_ms": statistics.median(queue) if queue else 0.0,
+            "errors": sum(s["status"] == "error" for r in records for s in r.get("stages", []))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", default=BEFORE, help="the revision to compare with")
+    parser.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternating")
+    parser.add_argument("--inputs", nargs="+", default=INPUTS, help="what to run (default: the quickstart's)")
+    args = parser.parse_args()
+    INPUTS[:] = args.inputs
+    work = Path(tempfile.mkdtemp(prefix="mc-bench-qs-"))
+    old = work / "before-tree"
+    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT, check=True,
+                   capture_output=True)
+    before_server = LocalServerSettings(n_threads=2, n_threads_batch=2, cache=False)  # the old command line
+    before_env = {"MAILCASCADE_CONCURRENCY": "4"}  # old defaults otherwise (torch threads: torch's own)
+    after_env = {"MAILCASCADE_LLM__MAX_IN_FLIGHT": "1"}  # what the embedded base URL gets by default
+    results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    try:
+        for n in range(args.rounds):
+            results["before"].append(run_variant(f"before{n}", old, before_server, before_env, work))
+            results["after"].append(run_variant(f"after{n}", ROOT, LocalServerSettings(), after_env, work))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"quickstart inputs ({', '.join(INPUTS)}) on the embedded SmolLM2 server; before = {args.before}")
+    print(f"{'variant':<8}{'emails':>7}{'ok':>5}{'errors':>8}{'seconds':>9}{'route p50 ms':>14}{'queue p50 ms':>14}")
+    for name, rows in results.items():
+        for r in rows:
+            print(f"{name:<8}{r['emails']:>7.0f}{r['ok']:>5.0f}{r['errors']:>8.0f}{r['seconds']:>9.1f}"
+                  f"{r['route_p50_ms']:>14.0f}{r['queue_p50_ms']:>14.0f}")
+    before = statistics.median(r["seconds"] for r in results["before"])
+    after = statistics.median(r["seconds"] for r in results["after"])
+    print(f"\nafter / before = {after / before:.2f} of the time (target <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
