@@ -23,7 +23,7 @@ from mailcascade.config import Settings
 from mailcascade.email_parse import parse_json_object
 from mailcascade.errors import EmailParseError, MailcascadeError
 from mailcascade.pipeline import STAGES, Pipeline
-from mailcascade.record import ResultRecord, record_line, result_record
+from mailcascade.record import ResultRecord, record_line
 from mailcascade.serve.auth import require_key
 from mailcascade.serve.batches import BatchWorker
 from mailcascade.serve.metrics import Metrics
@@ -134,7 +134,7 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     @app.post("/v1/emails", response_model=ResultRecord, dependencies=auth, responses=ERRORS, tags=["emails"])
     async def process_email(
         item: EmailIn, stages: str | None = Query(None, description="comma-separated, e.g. route,retrieve"),
-    ) -> ResultRecord:
+    ) -> Response:
         """Run the cascade on one email and answer with its result record (the shape `mailcascade run` writes)."""
         chosen = parse_stages(stages, settings.serve.stages)
         email = to_email(item, "api")
@@ -148,8 +148,8 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
         finally:
             state.in_flight -= 1
             state.metrics.in_flight.labels(via="api").dec()
-        await asyncio.to_thread(_served, state, email, result, "api")
-        return result_record(result)
+        line = _served(state, email, result, "api")  # queued for the store: no wait here
+        return Response(line, media_type="application/json")  # serialised once, by the record model
 
     @app.post("/v1/batches", status_code=202, response_model=BatchAccepted, dependencies=auth, responses=ERRORS,
               tags=["batches"])
@@ -209,12 +209,15 @@ def _store(state: State) -> Store:
     return state.store
 
 
-def _served(state: State, email: Email, result: Result, via: str) -> None:
-    """Count the result and keep it for feedback (the email text only with store.store_email_bodies)."""
+def _served(state: State, email: Email, result: Result, via: str) -> str:
+    """Count the result and keep it for feedback (the email text only with store.store_email_bodies); returns the
+    record as JSON."""
     state.metrics.observe(result, via)
     keep = state.settings.store.store_email_bodies
-    _store(state).put_served(email.id, record_line(result), subject=email.subject if keep else None,
+    line = record_line(result)
+    _store(state).put_served(email.id, line, subject=email.subject if keep else None,
                              body=email.body if keep else None, sender=email.sender if keep else None)
+    return line
 
 
 async def _warm_up(state: State) -> None:
