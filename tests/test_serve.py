@@ -394,3 +394,20 @@ def test_feedback_export_is_an_eval_set_that_eval_runs(tmp_path: Path, model: Fa
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     accuracy = sum(s["department"] == s["system"] for s in sent) / 8  # the fake routes as it did when serving
     assert metrics["routing"]["accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.slow  # loads the real embedding model and builds the sample catalogue's index
+def test_the_full_cascade_over_http_with_the_index_loaded_before_ready(tmp_path: Path, model: FakeServer) -> None:
+    env = env_for(tmp_path, model, stages="route,retrieve,draft",
+                  MAILCASCADE_CATALOG__INDEX_DIR=str(tmp_path / "index"))
+    with Service(tmp_path, env) as service, service.client() as http:
+        while (ready := http.get("/readyz")).status_code == 503:
+            assert ready.json()["checks"]["index"]["detail"] == "loading", ready.text
+        assert ready.json() == {"ready": True, "checks": {"index": {"ok": True, "detail": "loaded"},
+                                                           "model": {"ok": True, "detail": "answering"}}}
+        email = sample_emails(1)[0]
+        record = ResultRecord.model_validate(http.post("/v1/emails", json=api_email(email)).json())
+        metrics = http.get("/metrics").text
+    assert record.status == "ok" and [s.stage for s in record.stages] == ["route", "retrieve", "draft"]
+    assert record.hits and record.draft and record.cited_product_ids == [record.hits[0].product_id]
+    assert 'mailcascade_stage_latency_seconds_count{stage="retrieve"} 1.0' in metrics
