@@ -3,7 +3,8 @@
 clean: `validate` on schema-valid outputs vs plain json.loads + a compiled jsonschema validator (target ratio >= 0.5).
 dirty: `validate` on malformed outputs (the fixture corpus and real SmolLM2 outputs) vs json_repair.repair_json,
 which only repairs syntax (no schema check, no failure codes).
-Reports throughput ratios: ours / theirs (higher is better for us).
+Reports throughput ratios: ours / theirs (higher is better for us), from this process's CPU time in alternating
+rounds. Target (issue 13): dirty >= 1.0.
 """
 
 from __future__ import annotations
@@ -61,13 +62,17 @@ def _dirty_inputs(schemas: dict[str, Any]) -> list[tuple[str, dict[str, Any], st
     return out
 
 
-def _best(fn: Callable[[], None], rounds: int = ROUNDS) -> tuple[float, float]:
-    times = []
+def _side_by_side(ours: Callable[[], None], theirs: Callable[[], None],
+                  rounds: int = ROUNDS) -> tuple[float, float, float, float]:
+    """Best and median CPU seconds of this process for each, in alternating rounds (the machine is shared: CPU time
+    leaves out the time other processes hold the cores; both sides are single-threaded pure Python)."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times)
+        for fn, out in ((ours, times[0]), (theirs, times[1])):
+            t0 = time.process_time()
+            fn()
+            out.append(time.process_time() - t0)
+    return min(times[0]), statistics.median(times[0]), min(times[1]), statistics.median(times[1])
 
 
 def main() -> int:
@@ -100,13 +105,13 @@ def main() -> int:
         ("clean", ours_clean, baseline_clean, "json.loads + jsonschema", len(clean)),
         ("dirty", ours_dirty, repair_dirty, "json_repair.repair_json", len(dirty)),
     ):
-        o_best, o_med = _best(ours)
-        t_best, t_med = _best(theirs)
+        o_best, o_med, t_best, t_med = _side_by_side(ours, theirs)
         rows.append((label, n, name, n / o_best, n / t_best, t_best / o_best, t_med / o_med))
     print(f"{'inputs':<7}{'n':>5}  {'baseline':<25}{'ours/s':>10}{'base/s':>10}{'ratio(best)':>13}{'ratio(med)':>12}")
     for label, n, name, ours_rate, base_rate, ratio_best, ratio_med in rows:
         print(f"{label:<7}{n:>5}  {name:<25}{ours_rate:>10.0f}{base_rate:>10.0f}{ratio_best:>13.2f}{ratio_med:>12.2f}")
-    print("ratio = our throughput / baseline throughput; clean target >= 0.5")
+    print("ratio = our throughput / baseline throughput (CPU time, alternating rounds); targets: clean >= 0.5, "
+          "dirty >= 1.0")
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from jsonschema import FormatChecker, SchemaError, validators  # type: ignore[import-untyped, unused-ignore]
 
 from mailcascade.errors import ConfigError
+from mailcascade.validate.fastcheck import Unsure, compile_check
 
 PathPart = str | int
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -31,7 +32,8 @@ class CompiledSchema:
         self.schema = schema
         self.snapshot = json.loads(text)  # compared with the caller's object to detect in-place edits
         self.validator = cls(schema, format_checker=checker)
-        self.is_valid = self.validator.is_valid
+        self._fast = compile_check(schema) if checker is None else None
+        self.is_valid = self.validator.is_valid if self._fast is None else self._fast_is_valid
         self.top_type = schema.get("type")
         props = schema.get("properties")
         self.properties: dict[str, Any] = props if isinstance(props, dict) else {}
@@ -41,6 +43,14 @@ class CompiledSchema:
         self.longest_text = max(map(len, self.texts), default=0)
         self.echo_keys = frozenset({"properties", "$schema", "required", "additionalProperties", "$defs",
                                     "definitions"}) - set(self.properties)
+
+    def _fast_is_valid(self, value: Any) -> bool:
+        """The fast check (fastcheck.py), which agrees with jsonschema; jsonschema itself where it is unsure."""
+        assert self._fast is not None
+        try:
+            return self._fast(value)
+        except Unsure:
+            return bool(self.validator.is_valid(value))
 
     def subschema(self, path: Sequence[PathPart]) -> Mapping[str, Any] | None:
         """The schema that applies at `path`, following properties and items only."""

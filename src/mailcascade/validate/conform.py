@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import difflib
 import json
 import math
@@ -17,6 +16,7 @@ from mailcascade.types import Finding
 from mailcascade.validate.compiled import CompiledSchema, PathPart, format_path
 from mailcascade.validate.placeholder import is_placeholder, leaves
 
+_SEPARATORS = re.compile(r"[\s\-]+")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _SCHEMA_WORDS = frozenset({"type", "enum", "description", "minimum", "maximum", "items", "title", "default", "const",
                            "pattern", "minLength", "maxLength", "format", "examples", "properties", "required",
@@ -68,12 +68,19 @@ def conform(value: Any, compiled: CompiledSchema, depth: int = 0) -> Outcome:
     if isinstance(value, dict) and len(value) == 1:
         (key, inner), = value.items()
         if key not in compiled.properties and isinstance(inner, dict | list):
-            outer = _repair(value, compiled)
             unwrapped = conform(inner, compiled, depth + 1)
+            if unwrapped.rank() == (0, 0, 0) and not _has_non_finite(value):
+                # the outer value is invalid, so its repair has at least one finding: the unwrapped one wins
+                return _wrapped(unwrapped, f"unwrapped {{{json.dumps(key)}: ...}}")
+            outer = _repair(value, compiled)
             if unwrapped.rank() < outer.rank():
                 return _wrapped(unwrapped, f"unwrapped {{{json.dumps(key)}: ...}}")
             return outer
     return _repair(value, compiled)
+
+
+def _has_non_finite(value: Any) -> bool:
+    return any(isinstance(leaf, float) and not math.isfinite(leaf) for _, leaf in leaves(value))
 
 
 def _wrapped(out: Outcome, detail: str) -> Outcome:
@@ -122,8 +129,10 @@ def _repair(value: Any, compiled: CompiledSchema, valid: bool = False) -> Outcom
             skip.add(tuple(path))
     reported = {(f.code, f.where) for f in findings}
     copied = False
-    for _ in range(0 if valid else 100):
-        errors = sorted(compiled.validator.iter_errors(value), key=lambda e: _WRAP_ORDER.get(e.validator, 9))
+    for n in range(0 if valid else 100):
+        # the first pass is known to fail (conform checked); later ones often pass: the fast check says so
+        errors = [] if n and compiled.is_valid(value) else sorted(compiled.validator.iter_errors(value),
+                                                                  key=lambda e: _WRAP_ORDER.get(e.validator, 9))
         valid = not errors
         touched: list[tuple[PathPart, ...]] = []  # fixes in one pass must not overlap; the rest wait a pass
         for err in errors:
@@ -209,20 +218,18 @@ def _fix(root: Any, err: ValidationError, path: list[PathPart], compiled: Compil
 
 
 def _required_name(err: ValidationError, instance: dict[str, Any]) -> str:
-    m = re.fullmatch(r"(.*) is a required property", err.message, re.S)
-    if m:
-        try:
-            name = ast.literal_eval(m.group(1))
-        except (ValueError, SyntaxError):
-            name = None
-        if isinstance(name, str):
+    """The property this error is about: jsonschema says "'name' is a required property", one error per name."""
+    missing = [r for r in err.validator_value if r not in instance]
+    for name in missing:
+        if isinstance(name, str) and err.message == f"{name!r} is a required property":
             return name
-    missing = [str(r) for r in err.validator_value if r not in instance]
-    return missing[0] if missing else "?"
+    return str(missing[0]) if missing else "?"
 
 
 def near_miss(value: str, allowed: Sequence[str]) -> tuple[str | None, list[str]]:
     """The only allowed value close to `value` (case, spaces, a typo), or None and the close ones."""
+    if not allowed:
+        return None, []
     norm = _norm(value)
     exact = [a for a in allowed if _norm(a) == norm]
     if exact:
@@ -238,7 +245,7 @@ def near_miss(value: str, allowed: Sequence[str]) -> tuple[str | None, list[str]
 
 
 def _norm(text: str) -> str:
-    return re.sub(r"[\s\-]+", "_", text.strip().lower())
+    return _SEPARATORS.sub("_", text.strip().lower())
 
 
 def coerce(value: Any, types: Sequence[str]) -> tuple[bool, Any]:

@@ -1,0 +1,192 @@
+"""A fast yes/no schema check for the JSON Schema subset prompt schemas use, with jsonschema's exact semantics.
+
+`compile_check(schema)` returns a function value -> bool, or None when the schema uses anything outside the subset
+(then the caller uses jsonschema). The subset: type, enum and const of strings, properties, required,
+additionalProperties (false or a schema), items (one schema), minItems, maxItems, uniqueItems, minLength,
+maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum (numbers), and annotations. A value the
+check cannot decide exactly (uniqueItems over non-strings) raises Unsure, and the caller asks jsonschema.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Check = Callable[[Any], bool]
+_ANNOTATIONS = frozenset({"description", "title", "default", "examples", "$comment", "$schema", "$id",
+                          "readOnly", "writeOnly", "deprecated"})
+_DRAFTS = ("draft-06", "draft-07", "2019-09", "2020-12")
+
+
+_PLAIN_TYPES: dict[str, type] = {"string": str, "object": dict, "array": list, "boolean": bool}
+
+
+class Unsure(Exception):
+    """This value needs the full validator."""
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def compile_check(schema: Mapping[str, Any]) -> Check | None:
+    """The fast check for `schema`, or None when the schema is outside the subset."""
+    declared = schema.get("$schema")
+    if declared is not None and not (isinstance(declared, str) and any(d in declared for d in _DRAFTS)):
+        return None
+    try:
+        return _node(schema)
+    except _Unsupported:
+        return None
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name == "string":
+        return isinstance(value, str)
+    if name == "object":
+        return isinstance(value, dict)
+    if name == "array":
+        return isinstance(value, list)
+    if name == "boolean":
+        return isinstance(value, bool)
+    if name == "null":
+        return value is None
+    if isinstance(value, bool):
+        return False
+    if name == "number":
+        return isinstance(value, int | float)
+    if name == "integer":
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    raise _Unsupported(name)
+
+
+def _node(schema: Any) -> Check:
+    if schema is True:
+        return lambda value: True
+    if schema is False:
+        return lambda value: False
+    if not isinstance(schema, Mapping):
+        raise _Unsupported("not a schema")
+    keys = {k: v for k, v in schema.items() if k not in _ANNOTATIONS}
+    checks: list[Check] = []
+    if keys.keys() & _OBJECT_KEYS:
+        checks.append(_object(keys))
+    checks.extend(_keyword(key, arg, schema) for key, arg in keys.items() if key not in _OBJECT_KEYS)
+    if not checks:
+        return lambda value: True
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda value: first(value) and second(value)
+    return lambda value: all(check(value) for check in checks)
+
+
+_OBJECT_KEYS = frozenset({"properties", "required", "additionalProperties"})
+
+
+def _object(schema: Mapping[str, Any]) -> Check:
+    """properties, required and additionalProperties in one pass over the object."""
+    props = schema.get("properties", {})
+    required = schema.get("required", [])
+    if not isinstance(props, Mapping) or not isinstance(required, list) or not all(
+            isinstance(n, str) for n in required) or "patternProperties" in schema:
+        raise _Unsupported("object keywords")
+    subs = {name: _node(sub) for name, sub in props.items()}
+    names = tuple(required)
+    extra = _node(schema["additionalProperties"]) if "additionalProperties" in schema else None
+    forbid_extra = schema.get("additionalProperties") is False
+
+    def check(value: Any) -> bool:
+        if not isinstance(value, dict):
+            return True
+        for name in names:
+            if name not in value:
+                return False
+        for key, item in value.items():
+            sub = subs.get(key)
+            if sub is not None:
+                if not sub(item):
+                    return False
+            elif forbid_extra or (extra is not None and not extra(item)):
+                return False
+        return True
+
+    return check
+
+
+def _keyword(key: str, arg: Any, schema: Mapping[str, Any]) -> Check:
+    if key == "type":
+        names = [arg] if isinstance(arg, str) else list(arg) if isinstance(arg, list) else None
+        if not names or not all(isinstance(n, str) for n in names):
+            raise _Unsupported(key)
+        for name in names:
+            _is_type(None, name)  # raises for an unknown type name
+        if len(names) == 1 and names[0] in _PLAIN_TYPES:
+            kind = _PLAIN_TYPES[names[0]]
+            return lambda value: isinstance(value, kind)
+        return lambda value: any(_is_type(value, n) for n in names)
+    if key in ("enum", "const"):
+        allowed = arg if key == "enum" else [arg]
+        if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
+            raise _Unsupported(key)
+        members = frozenset(allowed)
+        return lambda value: isinstance(value, str) and value in members
+    if key == "items":
+        if isinstance(arg, list) or "prefixItems" in schema:
+            raise _Unsupported(key)
+        item = _node(arg)
+
+        def items(value: Any) -> bool:
+            if isinstance(value, list):
+                for v in value:
+                    if not item(v):
+                        return False
+            return True
+
+        return items
+    if key in ("minItems", "maxItems", "minLength", "maxLength"):
+        if not isinstance(arg, int) or isinstance(arg, bool):
+            raise _Unsupported(key)
+        kind = list if key.endswith("Items") else str
+        if key.startswith("min"):
+            return lambda value: not isinstance(value, kind) or len(value) >= arg
+        return lambda value: not isinstance(value, kind) or len(value) <= arg
+    if key == "uniqueItems":
+        if arg is not True:
+            return lambda value: True
+        return _unique
+    if key == "pattern":
+        if not isinstance(arg, str):
+            raise _Unsupported(key)
+        regex = re.compile(arg)
+        return lambda value: not isinstance(value, str) or regex.search(value) is not None
+    if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if not isinstance(arg, int | float) or isinstance(arg, bool):
+            raise _Unsupported(key)
+        return _bound(key, arg)
+    raise _Unsupported(key)
+
+
+def _unique(value: Any) -> bool:
+    if not isinstance(value, list):
+        return True
+    if all(isinstance(v, str) for v in value):
+        return len(set(value)) == len(value)
+    raise Unsure("uniqueItems over non-strings")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bound(key: str, limit: float) -> Check:
+    # the same comparisons as jsonschema, so NaN behaves the same
+    if key == "minimum":
+        return lambda value: not _number(value) or not value < limit
+    if key == "maximum":
+        return lambda value: not _number(value) or not value > limit
+    if key == "exclusiveMinimum":
+        return lambda value: not _number(value) or not value <= limit
+    return lambda value: not _number(value) or not value >= limit
