@@ -124,8 +124,7 @@ def case_browser(rows: Sequence[CaseRow], heads: Sequence[str], filters: Sequenc
         cells = "".join(f'<td data-v="{row.numbers[i]}">{c}</td>' if i in row.numbers else f"<td>{c}</td>"
                         for i, c in enumerate(row.cells))
         body.append(f'<tbody class="case" id="{case_anchor(row.case_id)}" data-n="{n}" {data}>'
-                    f'<tr class="sum">{cells}</tr><tr class="detail" hidden><td colspan="{len(heads)}"></td></tr>'
-                    "</tbody>")
+                    f'<tr class="sum">{cells}</tr></tbody>')
     selects = "".join(
         f'<label>{escape(label)} <select data-filter="{key}"><option value="">all</option>'
         + "".join(f'<option value="{_attr([v])}">{escape(v)}</option>' for v in sorted(options[key]))
@@ -205,11 +204,13 @@ function detail(sides){const d=sides[0];let h='';
   if(sides.some(s=>s.draft||s.reference))h+='<div class="pair">'+sides.map(draft).join('')
     +'<div><b>reference reply</b>'+pre(d.reference||'(none)')+'</div></div>';
   return h;}
-function open(tb,on){tb.classList.toggle('open',on);const row=tb.querySelector('.detail');
-  if(on&&!row.dataset.done){row.firstChild.innerHTML=detail(DATA[+tb.dataset.n]);row.dataset.done='1';}
-  row.hidden=!on;}
-cases.forEach(tb=>tb.querySelector('.sum').addEventListener('click',e=>{
-  if(e.target.closest('a'))return;open(tb,tb.querySelector('.detail').hidden);}));
+const WIDTH=table.querySelectorAll('thead th').length;
+function open(tb,on){tb.classList.toggle('open',on);let row=tb.querySelector('.detail');
+  if(on&&!row){row=tb.insertRow();row.className='detail';const td=row.insertCell();td.colSpan=WIDTH;
+    td.innerHTML=detail(DATA[+tb.dataset.n]);}
+  if(row)row.hidden=!on;}
+table.addEventListener('click',e=>{const sum=e.target.closest('tr.sum');if(!sum||e.target.closest('a'))return;
+  const tb=sum.parentNode;open(tb,!tb.classList.contains('open'));});
 let texts=null;
 function text(tb){if(!texts)texts=cases.map(t=>(t.querySelector('.sum').textContent+' '
   +JSON.stringify(DATA[+t.dataset.n])).toLowerCase());return texts[+tb.dataset.n];}
