@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -86,6 +87,8 @@ def run_variant(name: str, tree: Path, server: LocalServerSettings, env_extra: d
         log.close()
     if done.returncode not in (0, 3, 4):
         raise SystemExit(f"{name}: mailcascade run exited {done.returncode}: {done.stderr[-2000:]}")
+    evaluated = [int(m) for m in re.findall(r"prompt eval time = .*/\s*(\d+) tokens",
+                                            (work / f"{name}-server.log").read_text(errors="replace"))]
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     if os.environ.get("BENCH_DEBUG"):
         print(name, done.stderr[-1500:], [r.get("error") for r in records[:2]], file=sys.stderr)
@@ -95,7 +98,9 @@ def run_variant(name: str, tree: Path, server: LocalServerSettings, env_extra: d
     return {"seconds": seconds, "emails": len(records), "ok": sum(r["status"] == "ok" for r in records),
             "route_p50_ms": statistics.median(lat) if lat else 0.0,
             "queue_p50_ms": statistics.median(queue) if queue else 0.0,
-            "errors": sum(s["status"] == "error" for r in records for s in r.get("stages", []))}
+            "errors": sum(s["status"] == "error" for r in records for s in r.get("stages", [])),
+            # prompt tokens the server evaluated (a warm prompt cache skips the shared prefix)
+            "prompt_tokens_evaluated": sum(evaluated)}
 
 
 def main() -> None:
@@ -121,11 +126,12 @@ def main() -> None:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     print(f"quickstart inputs ({', '.join(INPUTS)}) on the embedded SmolLM2 server; before = {args.before}")
-    print(f"{'variant':<8}{'emails':>7}{'ok':>5}{'errors':>8}{'seconds':>9}{'route p50 ms':>14}{'queue p50 ms':>14}")
+    print(f"{'variant':<8}{'emails':>7}{'ok':>5}{'errors':>8}{'seconds':>9}{'route p50 ms':>14}{'queue p50 ms':>14}"
+          f"{'prompt tokens evaluated':>25}")
     for name, rows in results.items():
         for r in rows:
             print(f"{name:<8}{r['emails']:>7.0f}{r['ok']:>5.0f}{r['errors']:>8.0f}{r['seconds']:>9.1f}"
-                  f"{r['route_p50_ms']:>14.0f}{r['queue_p50_ms']:>14.0f}")
+                  f"{r['route_p50_ms']:>14.0f}{r['queue_p50_ms']:>14.0f}{r['prompt_tokens_evaluated']:>25.0f}")
     before = statistics.median(r["seconds"] for r in results["before"])
     after = statistics.median(r["seconds"] for r in results["after"])
     print(f"\nafter / before = {after / before:.2f} of the time (target <= 0.5)")

@@ -119,7 +119,7 @@ class FakeServer:
     def start(self) -> FakeServer:
         self._stopping.clear()
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
+        self._httpd = _Server(("127.0.0.1", self._port), handler)
         self._httpd.daemon_threads = False  # server_close() joins the handler threads
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="fake-openai", daemon=True)
         self._thread.start()
@@ -231,6 +231,12 @@ class FakeServer:
             c = reply.completion_tokens if reply.completion_tokens is not None else len(content.split())
             out["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
         return out
+
+
+class _Server(ThreadingHTTPServer):
+    # listen backlog: the default of 5 drops connections when many clients connect at once (64 in flight), and a
+    # dropped SYN is retried only after a second
+    request_queue_size = 256
 
 
 class _Handler(BaseHTTPRequestHandler):
