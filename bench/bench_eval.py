@@ -41,7 +41,7 @@ from mailcascade.llm.client import OpenAIClient  # noqa: E402
 from mailcascade.pipeline import Pipeline  # noqa: E402
 from mailcascade.stages import route as route_stage  # noqa: E402
 from mailcascade.stages.call import Budget  # noqa: E402
-from mailcascade.types import ChatRequest, Email  # noqa: E402
+from mailcascade.types import Email  # noqa: E402
 
 LATENCY_S = float(os.environ.get("BENCH_LATENCY_S", "0.3"))  # a fast hosted model answers in 0.3-2 s
 SAMPLE = ROOT / "data" / "sample_emails.jsonl"
@@ -144,17 +144,12 @@ def embedder_threads_note() -> str:
     return f"{torch.get_num_threads()} torch thread(s)"
 
 
-async def bare_calls(server: FakeServer, requests: list[ChatRequest]) -> float:
-    client = openai.AsyncOpenAI(api_key="x", base_url=server.base_url, max_retries=0)
-    kwargs = OpenAIClient(LLMSettings(base_url=server.base_url, model="fake-model"))._kwargs
-    try:
-        started = time.perf_counter()
-        for request in requests:
-            raw = await client.chat.completions.with_raw_response.create(**kwargs(request))
-            json.loads(raw.text)
-        return time.perf_counter() - started
-    finally:
-        await client.close()
+async def bare_calls(client: openai.AsyncOpenAI, bodies: list[dict[str, Any]]) -> float:
+    started = time.perf_counter()
+    for body in bodies:
+        raw = await client.chat.completions.with_raw_response.create(**body)
+        json.loads(raw.text)
+    return time.perf_counter() - started
 
 
 async def pipeline_calls(pipeline: Pipeline, emails: list[Email]) -> float:
@@ -176,17 +171,21 @@ def overhead_bench(work: Path, embedder: Embedder, prompts: Path, n: int = 150, 
                           for i in range(n)]
                 pipeline = Pipeline.from_config(settings=settings, embedder=embedder)
                 budget = Budget(reask_tokens_left=0)
-                requests = [route_stage.prepare(e, pipeline.prompts["route"], settings, pipeline.policies["route"],
-                                                budget).request() for e in emails]
+                kwargs = OpenAIClient(LLMSettings(base_url=server.base_url, model="fake-model"))._kwargs
+                bodies = [kwargs(route_stage.prepare(e, pipeline.prompts["route"], settings,
+                                                     pipeline.policies["route"], budget).request()) for e in emails]
 
                 async def one_round(p: Pipeline = pipeline, e: list[Email] = emails,
-                                    q: list[ChatRequest] = requests) -> tuple[float, float]:
+                                    q: list[dict[str, Any]] = bodies) -> tuple[float, float]:
                     bare = through = 0.0
+                    client = openai.AsyncOpenAI(api_key="x", base_url=server.base_url, max_retries=0)
                     async with p:
                         await pipeline_calls(p, e[:5])  # warm the connection and the store
+                        await bare_calls(client, q[:5])
                         for i in range(5, len(e), 10):  # alternate blocks of 10, so load changes hit both alike
-                            bare += await bare_calls(server, q[i:i + 10])
+                            bare += await bare_calls(client, q[i:i + 10])
                             through += await pipeline_calls(p, e[i:i + 10])
+                    await client.close()
                     return bare, through
 
                 bare, through = asyncio.run(one_round())
