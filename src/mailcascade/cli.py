@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='JSONL of {"text", "department"} (like route.examples_path), or an eval definition '
                              "(.toml) whose train split to learn from")
     rtrain.add_argument("--out", required=True, metavar="DIR", help="where to save the router (route.model_dir)")
-    rtrain.add_argument("--epochs", type=positive_int, default=1, help="passes over the sentence pairs (default 1)")
+    rtrain.add_argument("--epochs", type=int, choices=range(0, 101), default=1, metavar="N",
+                        help="passes over the sentence pairs (default 1; 0: no fine-tuning, head only)")
     rtrain.add_argument("--pairs", type=positive_int, default=2, metavar="N",
                         help="rounds of one same-label and one other-label pair per example (default 2)")
     rtrain.add_argument("--folds", type=int, default=3, metavar="N",

@@ -38,7 +38,7 @@ Tick = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 1
+    epochs: int = 1  # 0: no fine-tuning, only the head (and the calibration) on the encoder as it is
     pairs_per_example: int = 2  # rounds of (one positive, one negative) pair per example
     batch_size: int = 16
     learning_rate: float = 2e-5
@@ -114,6 +114,9 @@ def fine_tune(location: str, texts: Sequence[str], labels: Sequence[str], option
 
     torch.manual_seed(options.seed)
     model = load_encoder(location, options.max_seq_length)
+    if options.epochs == 0:  # head only: the encoder as it is
+        model.eval()
+        return model
     pairs = make_pairs(labels, options.pairs_per_example, options.seed)
     data = [InputExample(texts=[texts[i], texts[j]], label=target) for i, j, target in pairs]
     loader = DataLoader(data, batch_size=options.batch_size, shuffle=True,  # type: ignore[arg-type,var-annotated]
