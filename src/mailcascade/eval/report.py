@@ -422,7 +422,8 @@ def render_report(info: Mapping[str, Any], metrics: Mapping[str, Any], records: 
     if isinstance(metrics.get("diagnosis"), Mapping):  # issue 5 fills this in; skipped when absent
         parts.append(("diagnosis", "Diagnosis", diagnosis_section(metrics["diagnosis"])))
     if metrics.get("routing"):
-        parts.append(("routing", "Routing", routing_section(metrics["routing"])))
+        parts.append(("routing", "Routing", "".join(note(line) for line in router_lines(metrics) if line)
+                      + routing_section(metrics["routing"])))
     if metrics.get("retrieval"):
         parts.append(("retrieval", "Retrieval", retrieval_section(metrics["retrieval"])))
     if metrics.get("drafting"):
