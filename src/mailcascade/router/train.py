@@ -86,8 +86,9 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def steps_per_training(n_examples: int, n_labels: int, options: TrainOptions) -> int:
-    pairs = options.pairs_per_example * n_examples * (2 if n_labels > 1 else 1)
+def steps_per_training(labels: Sequence[str], options: TrainOptions) -> int:
+    """Optimizer steps of one fine-tuning on examples with these labels (the progress bar's share of it)."""
+    pairs = len(make_pairs(labels, options.pairs_per_example, options.seed))
     return options.epochs * -(-pairs // options.batch_size)
 
 
@@ -191,10 +192,10 @@ def train(
         raise MailcascadeError(f"--out {folder} is a folder that holds something other than a trained router; "
                                "choose an empty or new folder")
     location = embedder.model_location()
-    n_labels = len(set(labels))
-    per_run = steps_per_training(len(texts), n_labels, options)
-    n_folds = len(label_folds(labels, options.folds, options.seed)) if options.folds else 0
-    total = per_run * (1 + n_folds)
+    per_run = steps_per_training(labels, options)
+    plan = label_folds(labels, options.folds, options.seed) if options.folds else []
+    n_folds = len(plan)
+    total = per_run + sum(steps_per_training([labels[i] for i in f.train], options) for f in plan)
     done = 0
 
     def tick() -> None:
