@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=positive_int, default=None,
                      help="emails in flight at once (default: config)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _engine_args(run)
     run.set_defaults(func=cmd_run)
 
     cfg = sub.add_parser("config", help="print the effective configuration as JSON (secrets redacted)")
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", metavar="DIR", help="where the public datasets are (default: "
                     "$MAILCASCADE_DATA_DIR or ../shared/data)")
     ev.add_argument("--no-progress", action="store_true")
+    _engine_args(ev)
     _config_arg(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -253,6 +255,13 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
                    "else built-in defaults; environment overrides either)")
 
 
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process (default); "
+                   "ray: a Ray Data actor pool, one pipeline per CPU (needs the ray extra)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="with --engine ray: an existing cluster "
+                   "(e.g. ray://HOST:10001); default: a local Ray started for this command")
+
+
 def _store_args(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     p.add_argument("--db", metavar="FILE_OR_URL", help="the failure log: a SQLite file or a postgresql:// URL "
@@ -304,6 +313,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         def work() -> list[Any]:
             if todo:
                 _ = pipeline.index  # a missing or stale index is a configuration error: say so once, up front
+            if args.engine == "ray":
+                from mailcascade.engines.ray_engine import run_on_ray
+
+                return run_on_ray(settings, [items[n] for n in todo], done, run_id=pipeline.run_id,
+                                  address=args.ray_address, concurrency=args.concurrency)
             return pipeline.run_many([items[n] for n in todo], concurrency=args.concurrency, on_result=done)
 
         try:
@@ -444,6 +458,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = EvalOptions(
         stages=_csv(args.stages, _STAGES, "--stages"), limit=args.limit, sample=args.sample, seed=args.seed,
         concurrency=args.concurrency, resume=args.resume, retry_errors=args.retry_errors,
+        engine=args.engine, ray_address=args.ray_address,
         tuned_on="eval" if args.tuned_on_eval else "", progress=not args.no_progress,
         gold=_csv(args.gold, ("department", "hits"), "--gold"),
         data_dir=str(resolve_data_dir(args.data_dir)[0].resolve()),

@@ -60,6 +60,8 @@ class EvalOptions:
     progress: bool = True
     gold: tuple[str, ...] = ()  # upstream outputs to take from the labels: "department", "hits" (ceiling runs)
     data_dir: str | None = None  # where the eval set's data was read from (recorded so diagnose can reload it)
+    engine: str = "local"  # "ray": the cases run in a Ray Data actor pool (engines/ray_engine.py), same records
+    ray_address: str | None = None  # with engine "ray": an existing cluster; None starts a local one
 
 
 def select_cases(cases: Sequence[EvalCase], options: EvalOptions) -> list[EvalCase]:
@@ -233,8 +235,19 @@ def run_eval(
             sink.flush()  # in the OS's hands: a killed process loses nothing that was flushed
             progress.advance(failed=result.status == "failed")
 
-        asyncio.run(pipeline.arun_many([c.email for c in todo], options.concurrency, done_one,
-                                       stages=options.stages, given=given if options.gold else None))
+        emails, gold = [c.email for c in todo], given if options.gold else None
+        if options.engine == "ray":
+            from mailcascade.engines.ray_engine import run_on_ray
+
+            if llm is not None:
+                raise EvalError("engine ray builds each worker's model client from the settings: pass no llm")
+            if "retrieve" in options.stages:
+                _ = pipeline.index  # built here once if missing or stale, not by each worker at the same time
+            run_on_ray(settings, emails, done_one, run_id=pipeline.run_id, router=router, few_shot_pool=pool,
+                       address=options.ray_address, concurrency=options.concurrency, stages=options.stages,
+                       given=gold)
+        else:
+            asyncio.run(pipeline.arun_many(emails, options.concurrency, done_one, stages=options.stages, given=gold))
     records = read_records(records_path).records
     if _fill_embed_sim(records, cases, vectors):
         _write_jsonl(records_path, records)

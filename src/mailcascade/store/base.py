@@ -36,6 +36,7 @@ log = logging.getLogger("mailcascade.store")
 Rows = Sequence[Sequence[Any]]
 BATCH_MAX = 2000  # queued writes committed in one transaction at most
 IDLE_S = 0.2  # the writer thread ends after this long with nothing to write (a new write starts it again)
+LINGER_S = 0.02  # after the first queued write, the writer waits this long for more (unless someone flushes)
 MEMO_MAX = 20_000  # cache answers kept in memory per store
 
 _UPSERT_RUN = ("INSERT INTO runs(run_id, command, started, finished, config, summary) VALUES (?,?,?,NULL,?,NULL)"
@@ -115,6 +116,7 @@ class Store:
         self._queued = 0  # writes ever queued
         self._done = 0  # writes ever committed or dropped
         self._writer: threading.Thread | None = None
+        self._waiting = 0  # callers inside flush(): the writer commits at once instead of lingering
         self._closed = False
         self._open()
 
@@ -151,7 +153,8 @@ class Store:
                 # not a daemon: at exit the interpreter waits for the queued writes to be committed
                 self._writer = threading.Thread(target=self._drain, name="mailcascade-store-writer")
                 self._writer.start()
-            self._cond.notify_all()
+            elif len(self._queue) == 1 or len(self._queue) >= BATCH_MAX:  # wake it only when it has to act
+                self._cond.notify_all()
 
     def _drain(self) -> None:
         while True:
@@ -162,6 +165,8 @@ class Store:
                     self._writer = None
                     self._cond.notify_all()
                     return
+                self._cond.wait_for(lambda: len(self._queue) >= BATCH_MAX or self._waiting or self._closed,
+                                    LINGER_S)  # group commit: one transaction for what arrives meanwhile
                 batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
             self._commit(batch)
             with self._cond:
@@ -170,7 +175,10 @@ class Store:
 
     def _commit(self, batch: Sequence[Write]) -> None:
         try:
-            self._write_batch([(w.sql, w.rows()) for w in batch])
+            grouped: dict[str, list[Sequence[Any]]] = {}  # one executemany per statement, in first-seen order
+            for w in batch:
+                grouped.setdefault(w.sql, []).extend(w.rows())
+            self._write_batch(list(grouped.items()))
         except Exception as exc:  # the writer never dies: a batch that fails is dropped, whatever the cause
             if not self.write_error:
                 what = ", ".join(dict.fromkeys(w.what for w in batch))
@@ -181,8 +189,13 @@ class Store:
         """Wait until every write queued so far is committed (or dropped with a warning)."""
         with self._cond:
             target = self._queued
-            while self._done < target:
-                self._cond.wait()
+            self._waiting += 1
+            self._cond.notify_all()
+            try:
+                while self._done < target:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
 
     def close(self) -> None:
         """Commit what is queued, then close the connections. Closing twice is harmless."""
