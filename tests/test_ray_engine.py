@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -84,6 +85,7 @@ def ray_tmp(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield {"RAY_TMPDIR": str(folder)}
     leftovers = [int(p) for p in os.listdir("/proc") if p.isdigit() and str(folder) in cmdline(int(p))]
     kill_all(leftovers)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_an_eval_on_ray_gives_the_same_records_and_metrics_as_the_local_engine(
