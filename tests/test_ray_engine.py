@@ -142,6 +142,7 @@ def test_a_worker_killed_mid_job_is_retried_without_loss_or_duplicates(
     from mailcascade.email_parse import read_inputs
     from mailcascade.engines.ray_engine import run_on_ray
     from mailcascade.pipeline import Pipeline
+    from mailcascade.record import record_dict
 
     ids = write_emails(tmp_path / "in.jsonl", 60)
     killed: list[int] = []
@@ -171,4 +172,4 @@ def test_a_worker_killed_mid_job_is_retried_without_loss_or_duplicates(
     assert killed, "no Ray worker was found to kill"
     assert sorted(seen) == list(range(len(ids)))  # each email reported once
     assert [r.id for r in on_ray] == ids
-    assert [untimed(r.to_dict()) for r in on_ray] == [untimed(r.to_dict()) for r in local]
+    assert [untimed(record_dict(r)) for r in on_ray] == [untimed(record_dict(r)) for r in local]

@@ -133,7 +133,7 @@ def _run_emails(
         out = ray.data.from_items(rows).map_batches(
             CascadeActor, fn_constructor_kwargs={"make_pipeline": make_pipeline, "stages": tuple(stages),
                                                  "concurrency": concurrency},
-            batch_size=size, batch_format="numpy", concurrency=pool, num_cpus=1,
+            batch_size=size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=1,
         )  # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1): a dead worker's batch runs again
         seen: set[int] = set()
         for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
