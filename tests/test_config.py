@@ -100,7 +100,10 @@ def test_the_example_config_lists_the_true_defaults() -> None:
     # relative paths in a file are relative to that file
     assert loaded.catalog.index_dir == str(example.parent / ".mailcascade" / "index")
     assert loaded.store.path == str(example.parent / ".mailcascade" / "mailcascade.db")
-    loaded = loaded.replace(catalog=defaults.catalog, store=defaults.store, source="")
+    assert loaded.embedding.cache_dir == str(example.parent / ".mailcascade" / "models")
+    assert loaded.catalog.hnsw == defaults.catalog.hnsw
+    embedding = dataclasses.replace(loaded.embedding, cache_dir=defaults.embedding.cache_dir)
+    loaded = loaded.replace(catalog=defaults.catalog, store=defaults.store, embedding=embedding, source="")
     assert loaded == defaults.replace(source="")
 
 

