@@ -134,6 +134,8 @@ def calibrate(
     items: list[Scored] = []
     negatives = 0
     for fold in plan:
+        if not fold.train:  # one label (or too few to hold one out): nothing to fit, no threshold from this fold
+            continue
         scored, negative = fold_scores(fold)
         items.extend(scored)
         items.extend(negative)
