@@ -7,7 +7,6 @@ accepted; else `repaired` if anything was repaired; else `clean`. Finding action
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,28 +17,28 @@ from mailcascade.validate.context import ValidationContext
 from mailcascade.validate.extract import Scan, is_refusal, prose_notes, scan
 from mailcascade.validate.grounding import ground
 from mailcascade.validate.placeholder import has_placeholder
-from mailcascade.validate.syntax import Note, Parsed
+from mailcascade.validate.syntax import Note, Parsed, _decoder
 
 _REJECTED_SYNTAX = frozenset({"non_finite_number"})
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
+_UNTRIED, _FAILED = object(), object()  # `validate` did not parse the text / the parse failed
 
 
 def validate(text: str, schema: Mapping[str, Any], *, finish_reason: str | None = None,
              context: ValidationContext | None = None) -> Verdict:
     """Extract, repair and check one raw model output against `schema` (and `context`, when given)."""
     compiled = compile_schema(schema)
+    first: Any = _UNTRIED
     if finish_reason != "length":
         try:
-            value = json.loads(text, parse_constant=_reject_constant)
+            first = _decoder().decode(text)  # json.loads, with NaN and Infinity refused
         except (ValueError, RecursionError):
-            pass
+            first = _FAILED
         else:
-            if compiled.is_valid(value) and _quick_ok(value, compiled, context):
-                return Verdict("clean", value)
-    return _slow(text, compiled, finish_reason, context)
+            if compiled.is_valid(first) and _quick_ok(first, compiled, context):
+                return Verdict("clean", first)
+    return _slow(text, compiled, finish_reason, context, first)
 
 
 def _quick_ok(value: Any, compiled: CompiledSchema, context: ValidationContext | None) -> bool:
@@ -51,12 +50,12 @@ def _quick_ok(value: Any, compiled: CompiledSchema, context: ValidationContext |
 
 
 def _slow(text: str, compiled: CompiledSchema, finish_reason: str | None,
-          context: ValidationContext | None) -> Verdict:
+          context: ValidationContext | None, first: Any = _UNTRIED) -> Verdict:
     cut = [Finding("truncated", f"offset {len(text)}", "accepted", "finish_reason=length")] \
         if finish_reason == "length" else []
     if not text.strip():
         return _verdict(None, [Finding("empty_output", "offset 0", "rejected"), *cut])
-    found = _whole(text)
+    found = _whole(text, first)
     if found is None:
         found = scan(text, compiled.top_type)
     head: list[Finding] = [Finding("reasoning_leak", f"offset {lo}", "repaired") for lo, _ in found.reasoning]
@@ -92,13 +91,21 @@ def _slow(text: str, compiled: CompiledSchema, finish_reason: str | None,
     return _verdict(outcome.value, findings, None if outcome.valid else compiled)
 
 
-def _whole(text: str) -> Scan | None:
-    """The whole text is one JSON document (maybe not an object): a single candidate, no scanning."""
+def _whole(text: str, first: Any) -> Scan | None:
+    """The whole text is one JSON document (maybe not an object): a single candidate, no scanning.
+
+    `first`: what `validate` got parsing the text as it is (_UNTRIED, _FAILED or the value), reused when
+    stripping changes nothing."""
     stripped = text.strip().lstrip("\ufeff")
-    try:
-        value = json.loads(stripped, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return None
+    if stripped == text and first is not _UNTRIED:
+        if first is _FAILED:
+            return None
+        value = first
+    else:
+        try:
+            value = _decoder().decode(stripped)
+        except (ValueError, RecursionError):
+            return None
     if isinstance(value, str) and not value.strip().startswith(("{", "[")):
         return Scan()  # a bare JSON string: prose (or a refusal) in quotes
     start = text.find(stripped[:1])
