@@ -138,7 +138,7 @@ class HnswSettings:
 
     m: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 64
 
 
 @dataclass(frozen=True)
