@@ -140,7 +140,8 @@ def fine_tune(location: str, texts: Sequence[str], labels: Sequence[str], option
 
 def encode(model: Any, texts: Sequence[str]) -> np.ndarray:
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return np.zeros((0, dim()), dtype=np.float32)
     out: np.ndarray = model.encode(list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
                                    show_progress_bar=False).astype(np.float32)
     return out
