@@ -6,6 +6,7 @@ clear line for every failure a user can cause.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,14 +175,23 @@ def test_a_flaky_server_loses_nothing(index_dir: Path, tmp_path: Path) -> None:
 
 def test_a_second_writer_of_the_same_out_gets_one_line(index_dir: Path, tmp_path: Path) -> None:
     write_emails(tmp_path / "in.jsonl", 12)
-    with FakeServer(sensible, latency_s=0.3) as server:  # type: ignore[arg-type]
-        env = base_env(index_dir, tmp_path, server.base_url)
+    release = threading.Event()  # the first run's later model calls wait until the second run has given up
+    calls = itertools.count()
+
+    def gated(body: dict[str, Any]) -> Any:
+        if next(calls) >= 2:
+            release.wait(120)
+        return sensible(body)
+
+    with FakeServer(gated) as server:
+        env = {**base_env(index_dir, tmp_path, server.base_url), "MAILCASCADE_LLM__TIMEOUT_S": "300"}
         first = start("run", "in.jsonl", "--out", "out.jsonl", "--no-progress", cwd=tmp_path, env=env)
         wait_for_lines(tmp_path / "out.jsonl.partial", 1, first)
         second = mc("run", "in.jsonl", "--out", "out.jsonl", "--no-progress", cwd=tmp_path, env=env)
-        first.communicate(timeout=300)
+        release.set()
+        _, first_err = first.communicate(timeout=300)
     one_line_error(second, "out.jsonl", "another mailcascade run")
-    assert first.returncode == 0
+    assert first.returncode == 0, first_err[-2000:]
     assert len(records(tmp_path / "out.jsonl")) == 12
 
 
