@@ -70,12 +70,25 @@ def load_examples(path: str | Path, departments: Sequence[str] | None = None) ->
     "route.examples_path") for a missing file, a malformed line, an unknown department or no examples.
     """
     key = "route.examples_path"
+    pairs = _read_examples(path, key, require_department=True)
+    for number, (_, department) in pairs:
+        if departments is not None and department not in departments:
+            raise ConfigError(f"{path}:{number}: unknown department {department!r}; "
+                              f"configured: {', '.join(departments)}", key=key)
+    if not pairs:
+        raise ConfigError(f"{path}: no router examples", key=key)
+    return [pair for _, pair in pairs]
+
+
+def _read_examples(path: str | Path, key: str, *, require_department: bool) -> list[tuple[int, tuple[str, str]]]:
+    """(line number, (text, department or "")) from JSONL lines with a "text" and a "department" (optional unless
+    `require_department`); ConfigError naming `key` for an unreadable file or a malformed line."""
+    what = "cannot read router examples" if require_department else "cannot read"
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ConfigError(f"cannot read router examples {path}: {exc.strerror or exc}", key=key) from None
-    texts: list[str] = []
-    labels: list[str] = []
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}", key=key) from None
+    out: list[tuple[int, tuple[str, str]]] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -83,17 +96,12 @@ def load_examples(path: str | Path, departments: Sequence[str] | None = None) ->
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{number}: invalid JSON: {exc.msg}", key=key) from None
-        if not (isinstance(item, dict) and isinstance(item.get("text"), str)
-                and isinstance(item.get("department"), str)):
-            raise ConfigError(f'{path}:{number}: expected {{"text": str, "department": str}}', key=key)
-        if departments is not None and item["department"] not in departments:
-            raise ConfigError(f"{path}:{number}: unknown department {item['department']!r}; "
-                              f"configured: {', '.join(departments)}", key=key)
-        texts.append(item["text"])
-        labels.append(item["department"])
-    if not texts:
-        raise ConfigError(f"{path}: no router examples", key=key)
-    return list(zip(texts, labels, strict=True))
+        department = item.get("department", None if require_department else "") if isinstance(item, dict) else None
+        if not (isinstance(item, dict) and isinstance(item.get("text"), str) and isinstance(department, str)):
+            shape = '{"text": str, "department": str}' if require_department else '{"text": str}'
+            raise ConfigError(f"{path}:{number}: expected {shape}", key=key)
+        out.append((number, (item["text"], department)))
+    return out
 
 
 class EmbeddingRouter:
@@ -294,23 +302,7 @@ def negative_texts(settings: Settings) -> list[str]:
 
 def load_examples_any(path: str | Path, key: str) -> list[tuple[str, str]]:
     """(text, department or "") from JSONL lines with a "text" (and optionally a "department")."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", key=key) from None
-    out: list[tuple[str, str]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{number}: invalid JSON: {exc.msg}", key=key) from None
-        if not (isinstance(item, dict) and isinstance(item.get("text"), str)
-                and isinstance(item.get("department", ""), str)):
-            raise ConfigError(f'{path}:{number}: expected {{"text": str}}', key=key)
-        out.append((item["text"], item.get("department", "")))
-    return out
+    return [pair for _, pair in _read_examples(path, key, require_department=False)]
 
 
 def knn_calibration(

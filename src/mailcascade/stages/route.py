@@ -64,6 +64,14 @@ def prepare(
         "examples": examples_value(examples),
         "email": email_value(email, settings),
     }
+    return _call(prompt, values, names, settings, policy, budget)
+
+
+def _call(
+    prompt: Prompt, values: dict[str, object], names: Sequence[str], settings: Settings, policy: Policy,
+    budget: Budget,
+) -> Call:
+    """The route call for rendered prompt `values`, validated against the department `names` it offers."""
     return Call(
         stage="route",
         prompt=prompt,
@@ -103,21 +111,13 @@ def prepare_shortlist(
     email: Email, prompt: Prompt, settings: Settings, policy: Policy, budget: Budget,
     candidates: Sequence[Candidate],
 ) -> Call:
+    names = [c.department for c in candidates if c.department != OUT_OF_SCOPE] + [OUT_OF_SCOPE]
     values = {
         "candidates": candidates_value(candidates, settings),
-        "department_names": [c.department for c in candidates if c.department != OUT_OF_SCOPE] + [OUT_OF_SCOPE],
+        "department_names": names,
         "email": email_value(email, settings),
     }
-    return Call(
-        stage="route",
-        prompt=prompt,
-        messages=list(prompt.render(values)),
-        schema=prompt.schema(values),
-        context=ValidationContext(departments=tuple(values["department_names"])),  # type: ignore[arg-type]
-        policy=policy,
-        settings=settings.validation,
-        budget=budget,
-    )
+    return _call(prompt, values, names, settings, policy, budget)
 
 
 def overrule(router: StageOutput[RouteDecision], llm: StageOutput[RouteDecision]) -> StageOutput[RouteDecision]:
