@@ -389,15 +389,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows(args: argparse.Namespace) -> list[dict[str, object]]:
-    from mailcascade.failures import load_rows
+def _existing_store(args: argparse.Namespace, missing: str, hint: str) -> Any:
+    """The store `--db` (or the configured one) names, opened; a one-line error `no {missing} at ...: {hint}` when
+    a SQLite file is not there yet (opening would create an empty one)."""
     from mailcascade.store import Store, is_postgres_url, open_store
 
     store = _settings(args).store
     target = args.db or store.url or store.path
     if not is_postgres_url(target) and not Path(target).is_file():
-        raise MailcascadeError(f"no failure log at {target}: run `mailcascade run` or `mailcascade eval` first")
-    with Store(target, timeout_s=store.busy_timeout_s) if args.db else open_store(store) as opened:
+        raise MailcascadeError(f"no {missing} at {target}: {hint}")
+    return Store(target, timeout_s=store.busy_timeout_s) if args.db else open_store(store)
+
+
+def _rows(args: argparse.Namespace) -> list[dict[str, object]]:
+    from mailcascade.failures import load_rows
+
+    with _existing_store(args, "failure log", "run `mailcascade run` or `mailcascade eval` first") as opened:
         return load_rows(opened, run_id=args.run, stage=args.stage)
 
 
@@ -546,13 +553,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _feedback_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from mailcascade.feedback import load_feedback
-    from mailcascade.store import Store, is_postgres_url, open_store
 
-    store = _settings(args).store
-    target = args.db or store.url or store.path
-    if not is_postgres_url(target) and not Path(target).is_file():
-        raise MailcascadeError(f"no store at {target}: run `mailcascade serve` and send feedback first")
-    with Store(target, timeout_s=store.busy_timeout_s) if args.db else open_store(store) as opened:
+    with _existing_store(args, "store", "run `mailcascade serve` and send feedback first") as opened:
         return load_feedback(opened)
 
 
