@@ -302,6 +302,46 @@ def test_copied_and_paraphrased_cases_in_the_router_examples_raise_leakage(tmp_p
     assert len(named & {clean_ids[i] for i in picked[15:]}) >= 0.8 * 15
 
 
+@pytest.mark.slow
+def test_cases_copied_into_a_trained_routers_examples_raise_leakage(tmp_path: Path) -> None:
+    """A trained router learns from its own examples (saved in its model_dir), not from the eval set's train split:
+    copies planted there are found, and the same router without them stays quiet."""
+    from mailcascade.catalog import Embedder
+    from mailcascade.config import EmbeddingSettings
+    from mailcascade.eval.diagnose.run import Diagnoser
+    from mailcascade.router.train import TrainOptions, train
+
+    data = Planted(tmp_path / "data", train=10, test=20)
+    embedder = Embedder(EmbeddingSettings())
+    base = [(email_text(c.email), c.expected.department or "")
+            for c in load_eval_set(data.definition("train-only")).train]
+    planted = random.Random(5).sample(range(len(data.test)), 15)
+    departments = sorted({d for _, d in base})
+
+    def leaks(name: str, extra: Sequence[tuple[str, str]]) -> list[Alarm]:
+        examples = [*base, *extra]
+        model = tmp_path / f"router-{name}"
+        train([t for t, _ in examples], [d for _, d in examples], model, embedder,
+              options=TrainOptions(epochs=0, folds=0))  # the head on the shipped encoder: seconds, not minutes
+        s = Settings()
+        settings = s.replace(
+            departments=tuple(d for d in s.departments if d.name in departments),
+            store=StoreSettings(path=str(tmp_path / "log.db")),
+            route=dataclasses.replace(s.route, strategy="trained", model_dir=str(model)))
+        run_records(data.definition(name), tmp_path / name, settings, tmp_path / "cache")
+        return Diagnoser(tmp_path / name, embedder=embedder, cache_dir=tmp_path / "cache").leaks()
+
+    clean = leaks("clean", [])
+    natural = {c for a in clean for c in a.cases}  # Bitext's templates: some test cases have near copies in train
+    picked = [i for i in planted if data.ids()[i] not in natural]
+    assert len(picked) >= 10
+    alarms = leaks("planted", [(data.test[i]["utterance"], DEPARTMENT[data.test[i]["category"]]) for i in picked])
+    exact = the(alarms, "exact_duplicates")
+    check_names(Alarm("leakage", "warn", "", "", tuple(sorted(set(exact.cases) - natural)), {}),
+                {data.ids()[i] for i in picked})
+    assert not [a for a in clean if a.name == "exact_duplicates"]
+
+
 def diagnosis_of(run: Path, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     from mailcascade.eval.diagnose import diagnose_records
 

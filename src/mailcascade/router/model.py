@@ -181,6 +181,17 @@ class TrainedRouter:
                 for row, prow in zip(sims, proba, strict=True)]
 
 
+def trained_texts(directory: str | Path) -> list[str]:
+    """The example texts a trained router under DIR learned from (its examples.npz), without loading the encoder."""
+    folder = Path(directory)
+    try:
+        with np.load(folder / "examples.npz", allow_pickle=False) as data:
+            return [str(t) for t in data["texts"]]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{folder}: damaged trained router ({type(exc).__name__}: {exc}); retrain it",
+                          key=KEY) from None
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     try:

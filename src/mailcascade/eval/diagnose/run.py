@@ -348,16 +348,28 @@ class Diagnoser:
     def leaks(self) -> list[Alarm]:
         texts = {c.id: email_text(c.email) for c in self.eval_set.cases}
         sources: dict[str, list[str]] = {}
-        if self.eval_set.train:
-            sources["router_examples"] = [email_text(c.email) for c in self.eval_set.train]
-        if self.settings.route.examples_path:
-            from mailcascade.stages.embed_route import load_examples
-
-            sources["router_examples"] = [t for t, _ in load_examples(self.settings.route.examples_path)]
+        if router := self._router_texts():
+            sources["router_examples"] = router
         sources["prompt_text"] = [p["text"] for p in self.info.get("prompts", {}).values()]
         if "retrieve" in self.stages and self.eval_set.passages is not None:
             sources["catalog_passages"] = [p.text for p in self.eval_set.passages]
         return leakage(texts, sources, self.vectors)
+
+    def _router_texts(self) -> list[str]:
+        """Every text the router learned from or was calibrated on: the examples file (else the eval set's train
+        split, which the k-NN router and few-shot prompts fall back to), the negative examples, and a trained
+        router's own examples (its model_dir), which may come from anywhere."""
+        from mailcascade.stages.embed_route import load_examples, negative_texts
+
+        route = self.settings.route
+        texts = ([t for t, _ in load_examples(route.examples_path)] if route.examples_path
+                 else [email_text(c.email) for c in self.eval_set.train])
+        texts += negative_texts(self.settings)
+        if route.model_dir and route.strategy in ("trained", "hybrid"):
+            from mailcascade.router.model import trained_texts
+
+            texts += trained_texts(route.model_dir)
+        return list(dict.fromkeys(texts))
 
     def history(self) -> list[dict[str, Any]]:
         """Earlier finished runs in the same folder that scored the same cases (same eval set, same case ids)
