@@ -257,6 +257,10 @@ def test_format_summary(tmp_path: Path) -> None:
     assert f"{acc:.3f}" in line and f"[{lo:.3f}, {hi:.3f}]" in line
     assert f"{metrics['routing']['baselines']['majority']['accuracy']:.3f}" in line
     assert text.index("majority") < text.index("embedding_knn")  # the baselines in their usual order
+    metrics["routing"]["baselines"]["always_out_of_scope_long_name"] = {"accuracy": 0.5, "macro_f1": 0.1}
+    header = next(line for line in format_summary(metrics).splitlines() if line.startswith("metric"))
+    names = list(metrics["routing"]["baselines"])
+    assert names and sorted(header.split()[4:]) == sorted(names)  # names never run together, however long
     funnel_line = next(line for line in text.splitlines() if "prefix_text=1" in line)
     assert funnel_line.split()[:2] == ["route", "6"]
     assert "tokens per case" in text

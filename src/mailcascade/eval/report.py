@@ -478,10 +478,13 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
         codes = ", ".join(f"{c}={n}" for c, n in infra["codes"].items())
         lines[-1:] = [f"infrastructure errors: {infra['n_cases']} cases ({infra['rate']:.1%}; {codes}), left out of "
                       "every model metric below; `eval --resume --retry-errors --out RUN` re-runs them", ""]
-    header_row = f"{'metric':<30}{'value':>8}  {'95% CI':<18}" + "".join(f"{n:>15}" for n in names)
+    widths = [max(10, len(n)) + 2 for n in names]  # a baseline's name never runs into the next one
+    header_row = f"{'metric':<30}{'value':>8}  {'95% CI':<18}" + "".join(
+        f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
     lines += [header_row, "-" * len(header_row)]
     for label, value, ci, *base in rows:
-        lines.append(f"{label:<30}{num(value):>8}  {ci:<18}" + "".join(f"{num(b):>15}" for b in base))
+        lines.append(f"{label:<30}{num(value):>8}  {ci:<18}" + "".join(
+            f"{num(b):>{w}}" for b, w in zip(base, widths, strict=True)))
     lines += router_lines(metrics)
     funnel = metrics.get("validator") or {}
     if funnel:
