@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -25,9 +24,10 @@ from fakeserver import FakeServer, Reply
 from mailcascade.config import LLMSettings, Settings, StoreSettings
 from mailcascade.eval.evalset import load_eval_set
 from mailcascade.eval.runner import EvalOptions, run_eval
+from shared import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-BITEXT = Path(os.environ.get("MAILCASCADE_DATA_DIR") or ROOT.parent / "shared" / "data") / "bitext"
+BITEXT = SHARED_DATA / "bitext"
 MAPPING = ROOT / "eval" / "mappings" / "bitext.toml"
 PROMPTS = ROOT / "src" / "mailcascade" / "prompts"
 SPLITS = ("Bitext_Sample_Customer_Service_Testing_Dataset.csv", "Bitext_Sample_Customer_Service_Validation_Dataset.csv")

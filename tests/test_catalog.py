@@ -32,8 +32,9 @@ from mailcascade.catalog import index as index_module
 from mailcascade.config import CatalogSettings, EmbeddingSettings, Settings
 from mailcascade.errors import CatalogError, MailcascadeError
 from mailcascade.types import Hit
+from shared import SHARED_DATA
 
-TAU_PRODUCTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tau_retail" / "products.json"
+TAU_PRODUCTS = SHARED_DATA / "tau_retail" / "products.json"
 
 
 

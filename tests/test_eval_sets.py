@@ -14,10 +14,10 @@ from mailcascade.errors import EvalError
 from mailcascade.eval.adapters import bitext, epqa, hint3, jsonl, load_mapping
 from mailcascade.eval.cases import Expected, case_to_json, load_cases, make_case, write_cases
 from mailcascade.eval.evalset import check_departments, load_eval_set
+from shared import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_DIR = ROOT / "eval"
-SHARED_DATA = ROOT.parent / "shared" / "data"
 DEFAULT_DEPARTMENTS = Settings().department_names
 
 needs_shared_data = pytest.mark.skipif(
