@@ -145,3 +145,22 @@ def test_sigterm_stops_a_run_cleanly_and_it_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     ids = [json.loads(line)["id"] for line in records.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 43
+
+
+@pytest.mark.slow
+def test_log_level_shows_the_librarys_records_on_stderr_and_the_default_stays_quiet(tmp_path: Path) -> None:
+    (tmp_path / "mail.txt").write_text("Subject: my order\n\nWhere is order 1234? It is late.", encoding="utf-8")
+    with FakeServer(sensible) as server:
+        env = {"OPENAI_BASE_URL": server.base_url}
+        quiet = cli("run", "mail.txt", "--out", "a.jsonl", "--no-progress", cwd=tmp_path, env=env)
+        loud = cli("--log-level", "debug", "run", "mail.txt", "--out", "b.jsonl", "--no-progress", cwd=tmp_path,
+                   env=env)
+    assert quiet.returncode == 0 and loud.returncode == 0, (quiet.stderr, loud.stderr)
+    assert "mailcascade: INFO" not in quiet.stderr and "mailcascade: DEBUG" not in quiet.stderr
+    info = [line for line in loud.stderr.splitlines() if line.startswith("mailcascade: INFO: ")]
+    assert any("catalogue index ready" in line for line in info)
+    assert any("finished: 1 ok, 0 failed" in line for line in info)
+    assert any(line.startswith("mailcascade: DEBUG: ") for line in loud.stderr.splitlines())
+    assert "1234" not in loud.stderr and "late" not in loud.stderr  # ids, counts and timings only
+    bad = cli("--log-level", "chatty", "config", cwd=tmp_path)
+    assert bad.returncode == 2 and "invalid choice: 'chatty'" in bad.stderr

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    _log_warnings()
+    _log_to_stderr(args.log_level)
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         code: int = args.func(args)
@@ -84,15 +84,19 @@ def entry() -> None:
     sys.exit(code)
 
 
-def _log_warnings() -> None:
-    """Library warnings (an incomplete failure log, ...) as one `mailcascade: warning:` line each."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_to_stderr(level: str) -> None:
+    """The library's log records at `level` and above (default warning: an incomplete failure log, ...) as one
+    `mailcascade: LEVEL: message` line each on stderr."""
     logger = logging.getLogger("mailcascade")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("mailcascade: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
         logger.propagate = False
+    logger.setLevel(level.upper())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                epilog="exit codes: 0 ok; 1 an error (one line says what to fix); 2 a usage error; "
                       "3 run: some emails failed; 4 run: every email failed; 130/143 interrupted (SIGINT/SIGTERM); "
                       "70 a bug (MAILCASCADE_DEBUG=1 shows the traceback)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                   help="log records shown on stderr (default warning; info: server, index and run life cycle; "
+                        "debug: each email's outcome). Ids, counts and timings only, never email text")
     sub = p.add_subparsers(metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the cascade on emails (.eml, .json, .jsonl, .txt, or folders of them)")
