@@ -101,9 +101,12 @@ def test_the_example_config_lists_the_true_defaults() -> None:
     assert loaded.catalog.index_dir == str(example.parent / ".mailcascade" / "index")
     assert loaded.store.path == str(example.parent / ".mailcascade" / "mailcascade.db")
     assert loaded.embedding.cache_dir == str(example.parent / ".mailcascade" / "models")
+    assert loaded.local_server.cache_dir == str(example.parent / ".mailcascade" / "models")
     assert loaded.catalog.hnsw == defaults.catalog.hnsw
     embedding = dataclasses.replace(loaded.embedding, cache_dir=defaults.embedding.cache_dir)
-    loaded = loaded.replace(catalog=defaults.catalog, store=defaults.store, embedding=embedding, source="")
+    local_server = dataclasses.replace(loaded.local_server, cache_dir=defaults.local_server.cache_dir)
+    loaded = loaded.replace(catalog=defaults.catalog, store=defaults.store, embedding=embedding,
+                            local_server=local_server, source="")
     assert loaded == defaults.replace(source="")
 
 

