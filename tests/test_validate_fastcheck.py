@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import validators  # type: ignore[import-untyped, unused-ignore]
 
-from mailcascade.validate.fastcheck import Unsure, compile_check
+from mailcascade.validate.fastcheck import Unsure, compile_check, violations
 
 SCHEMAS: dict[str, Any] = json.loads((Path(__file__).parent / "corpus" / "validator" / "schemas.json").read_text())
 JSONSCHEMA = {name: validators.validator_for(s)(s) for name, s in SCHEMAS.items()}
@@ -60,3 +60,36 @@ def test_unique_items_over_non_strings_defers() -> None:
     assert check is not None and check(["a", "b"]) and not check(["a", "a"])
     with pytest.raises(Unsure):
         check([1, True])
+
+
+EXTRA_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object", "properties": {"a": {"type": ["integer", "null"]}, "b": {"const": "x"}, "c": False,
+                                      "d": {"type": "string", "minLength": 2, "maxLength": 0}},
+     "additionalProperties": {"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 5}},
+    {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 3}, "minItems": 2, "maxItems": 0,
+     "uniqueItems": True},
+    {"$schema": "http://json-schema.org/draft-07/schema#", "type": "array", "items": {"properties": {"a": False}},
+     "minItems": 1, "maxItems": 1, "uniqueItems": True},
+    {"required": ["a", "b"], "properties": {"a": True, "b": {"enum": ["x", "y"]}}, "type": "object",
+     "additionalProperties": False},
+]
+
+
+def _errors(validator: Any, value: Any) -> list[tuple[Any, ...]]:
+    return [(e.validator, e.validator_value, e.instance, tuple(e.absolute_path), e.message)
+            for e in validator.iter_errors(value)]
+
+
+@pytest.mark.parametrize("schema", [*SCHEMAS.values(), *EXTRA_SCHEMAS])
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_violations_are_jsonschemas_errors(schema: dict[str, Any], data: st.DataObject) -> None:
+    assert compile_check(schema) is not None
+    items = schema.get("items", {})
+    near = _near_instance(schema) if schema.get("properties") else st.lists(
+        _near_instance(items) if items.get("properties") else VALUES, max_size=4)
+    value = data.draw(near | VALUES | st.lists(WORDS, max_size=4))
+    expected = _errors(validators.validator_for(schema)(schema), value)
+    with contextlib.suppress(Unsure):
+        got = [(v.validator, v.validator_value, v.instance, v.path, v.message) for v in violations(schema, value)]
+        assert got == expected

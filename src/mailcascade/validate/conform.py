@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import ValidationError  # type: ignore[import-untyped, unused-ignore]
-
 from mailcascade.types import Finding
 from mailcascade.validate.compiled import CompiledSchema, PathPart, format_path
+from mailcascade.validate.fastcheck import Violation
 from mailcascade.validate.placeholder import is_placeholder, leaves
 
 _SEPARATORS = re.compile(r"[\s\-]+")
@@ -131,12 +130,12 @@ def _repair(value: Any, compiled: CompiledSchema, valid: bool = False) -> Outcom
     copied = False
     for n in range(0 if valid else 100):
         # the first pass is known to fail (conform checked); later ones often pass: the fast check says so
-        errors = [] if n and compiled.is_valid(value) else sorted(compiled.validator.iter_errors(value),
-                                                                  key=lambda e: _WRAP_ORDER.get(e.validator, 9))
+        errors = [] if n and compiled.is_valid(value) else sorted(compiled.errors(value),
+                                                                  key=lambda e: _WRAP_ORDER.get(e.validator or "", 9))
         valid = not errors
         touched: list[tuple[PathPart, ...]] = []  # fixes in one pass must not overlap; the rest wait a pass
         for err in errors:
-            where = tuple(err.absolute_path)
+            where = err.path
             if any(where[:n] in skip for n in range(len(where) + 1)):
                 continue
             if any(where[:len(t)] == t or t[:len(where)] == where for t in touched):
@@ -166,7 +165,7 @@ def json_copy(value: Any) -> Any:
     return value
 
 
-def _fix(root: Any, err: ValidationError, path: list[PathPart], compiled: CompiledSchema) -> tuple[Any, Finding]:
+def _fix(root: Any, err: Violation, path: list[PathPart], compiled: CompiledSchema) -> tuple[Any, Finding]:
     kind = str(err.validator)
     instance = err.instance
     where = format_path(path)
@@ -217,7 +216,7 @@ def _fix(root: Any, err: ValidationError, path: list[PathPart], compiled: Compil
     return root, Finding("constraint_violation", where, "rejected", _short(err.message))
 
 
-def _required_name(err: ValidationError, instance: dict[str, Any]) -> str:
+def _required_name(err: Violation, instance: dict[str, Any]) -> str:
     """The property this error is about: jsonschema says "'name' is a required property", one error per name."""
     missing = [r for r in err.validator_value if r not in instance]
     for name in missing:
@@ -227,17 +226,25 @@ def _required_name(err: ValidationError, instance: dict[str, Any]) -> str:
 
 
 def near_miss(value: str, allowed: Sequence[str]) -> tuple[str | None, list[str]]:
-    """The only allowed value close to `value` (case, spaces, a typo), or None and the close ones."""
+    """The only allowed value close to `value` (case, spaces, a typo), or None and the close ones.
+
+    Close: difflib's ratio >= NEAR_MISS_CUTOFF. Most allowed values are ruled out first by a bound on the ratio
+    that costs no Python loop: the characters they share with `value`, counted with repeats."""
     if not allowed:
         return None, []
     norm = _norm(value)
-    exact = [a for a in allowed if _norm(a) == norm]
+    normed = [(a, _norm(a)) for a in allowed]
+    exact = [a for a, n in normed if n == norm]
     if exact:
         return (exact[0] if len(exact) == 1 else None), exact
+    others = dict.fromkeys(map(ord, norm))  # a translate table deleting the characters of `value`
     matcher = difflib.SequenceMatcher(None, b=norm)
     close = []
-    for a in allowed:
-        matcher.set_seq1(_norm(a))
+    for a, n in normed:
+        shared = len(n) - len(n.translate(others))  # >= the matches quick_ratio and ratio count
+        if 2.0 * shared / (len(n) + len(norm)) < NEAR_MISS_CUTOFF:  # len > 0: two empty strings matched exactly
+            continue
+        matcher.set_seq1(n)
         if (matcher.real_quick_ratio() >= NEAR_MISS_CUTOFF and matcher.quick_ratio() >= NEAR_MISS_CUTOFF
                 and matcher.ratio() >= NEAR_MISS_CUTOFF):
             close.append(a)

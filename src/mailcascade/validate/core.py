@@ -94,13 +94,13 @@ def _slow(text: str, compiled: CompiledSchema, finish_reason: str | None,
 def _whole(text: str, first: Any) -> Scan | None:
     """The whole text is one JSON document (maybe not an object): a single candidate, no scanning.
 
-    `first`: what `validate` got parsing the text as it is (_UNTRIED, _FAILED or the value), reused when
-    stripping changes nothing."""
+    `first`: what `validate` got parsing the text as it is (_UNTRIED, _FAILED or the value), reused unless it
+    failed on a text that stripping changes."""
     stripped = text.strip().lstrip("\ufeff")
-    if stripped == text and first is not _UNTRIED:
-        if first is _FAILED:
-            return None
-        value = first
+    if first is not _UNTRIED and first is not _FAILED:
+        value = first  # json.loads took the text, so around the value there is only JSON whitespace
+    elif stripped == text and first is _FAILED:
+        return None
     else:
         try:
             value = _decoder().decode(stripped)

@@ -126,6 +126,8 @@ def is_refusal(text: str) -> bool:
 
 def prose_notes(text: str, chosen: Parsed, others: list[Parsed], reasoning: list[tuple[int, int]]) -> list[Note]:
     """Classify the text around the chosen candidate: fences, stray brackets, text before and after."""
+    if not reasoning and not others and not (text[:chosen.start] + text[chosen.end:]).replace("\ufeff", " ").strip():
+        return []  # nothing but whitespace around the JSON
     notes: list[Note] = []
     masked = list(text)
     for lo, hi in [*reasoning, *((o.start, o.end) for o in others)]:

@@ -1,16 +1,20 @@
-"""A fast yes/no schema check for the JSON Schema subset prompt schemas use, with jsonschema's exact semantics.
+"""A fast schema check for the JSON Schema subset prompt schemas use, with jsonschema's exact semantics.
 
 `compile_check(schema)` returns a function value -> bool, or None when the schema uses anything outside the subset
-(then the caller uses jsonschema). The subset: type, enum and const of strings, properties, required,
-additionalProperties (false or a schema), items (one schema), minItems, maxItems, uniqueItems, minLength,
-maxLength, pattern, minimum, maximum, exclusiveMinimum, exclusiveMaximum (numbers), and annotations. A value the
-check cannot decide exactly (uniqueItems over non-strings) raises Unsure, and the caller asks jsonschema.
+(then the caller uses jsonschema). For a schema inside the subset, `violations(schema, value)` lists the errors
+jsonschema's `iter_errors` yields, in its order, with its keyword, value, instance, path and message.
+
+The subset: type, enum and const of strings, properties, required, additionalProperties (false or a schema),
+items (one schema), minItems, maxItems, uniqueItems, minLength, maxLength, pattern, minimum, maximum,
+exclusiveMinimum, exclusiveMaximum (numbers), and annotations. A value either cannot decide exactly (uniqueItems
+over non-strings, and see `violations`) raises Unsure, and the caller asks jsonschema.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 Check = Callable[[Any], bool]
@@ -190,3 +194,135 @@ def _bound(key: str, limit: float) -> Check:
     if key == "exclusiveMinimum":
         return lambda value: not _number(value) or not value <= limit
     return lambda value: not _number(value) or not value >= limit
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One schema error, as jsonschema reports it (`validator` is the keyword; None for a false schema).
+
+    `message` is built when asked for, from `text` (jsonschema's message, when known) or from `name` (the missing
+    property, for `required`)."""
+
+    validator: str | None
+    validator_value: Any
+    instance: Any
+    path: tuple[str | int, ...]
+    name: str = ""
+    text: str | None = None
+
+    @property
+    def message(self) -> str:
+        if self.text is not None:
+            return self.text
+        if self.validator is None:
+            return f"False schema does not allow {self.instance!r}"
+        if self.validator == "required":
+            return f"{self.name!r} is a required property"
+        return _MESSAGES[self.validator](self.validator_value, self.instance)
+
+
+def violations(schema: Any, value: Any) -> list[Violation]:
+    """jsonschema's errors for `value`, for a schema `compile_check` accepted. Raises Unsure where it cannot be
+    exact (uniqueItems over non-strings; errors under more than one additional property, which jsonschema visits in
+    set order)."""
+    out: list[Violation] = []
+    _errors(schema, value, (), out)
+    return out
+
+
+def _errors(schema: Any, value: Any, path: tuple[str | int, ...], out: list[Violation]) -> None:
+    if schema is True:
+        return
+    if schema is False:  # jsonschema reports it at the parent's path
+        out.append(Violation(None, None, value, path[:-1]))
+        return
+    for key, arg in schema.items():
+        broken = _BROKEN.get(key)
+        if broken is not None:
+            if broken(arg, value):
+                out.append(Violation(key, arg, value, path))
+        elif key == "properties":
+            if isinstance(value, dict):
+                for name, sub in arg.items():
+                    if name in value:
+                        _errors(sub, value[name], (*path, name), out)
+        elif key == "items":
+            if isinstance(value, list):
+                if arg is False and value:
+                    raise Unsure("items: false reads differently in each draft")
+                for i, item in enumerate(value):
+                    _errors(arg, item, (*path, i), out)
+        elif key == "required":
+            if isinstance(value, dict):
+                out.extend(Violation(key, arg, value, path, name) for name in arg if name not in value)
+        elif key == "additionalProperties":
+            _additional(schema, arg, value, path, out)
+
+
+def _additional(schema: Mapping[str, Any], arg: Any, value: Any, path: tuple[str | int, ...],
+                out: list[Violation]) -> None:
+    if not isinstance(value, dict):
+        return
+    props = schema.get("properties", {})
+    extras = [k for k in value if k not in props]
+    if isinstance(arg, dict):
+        found: list[list[Violation]] = []
+        for k in extras:
+            errs: list[Violation] = []
+            _errors(arg, value[k], (*path, k), errs)
+            if errs:
+                found.append(errs)
+        if len(found) > 1:
+            raise Unsure("errors under several additional properties")
+        out.extend(found[0] if found else ())
+    elif not arg and extras:
+        names = sorted(set(extras), key=str)
+        verb = "was" if len(names) == 1 else "were"
+        listed = ", ".join(repr(n) for n in names)
+        out.append(Violation("additionalProperties", arg, value, path,
+                             text=f"Additional properties are not allowed ({listed} {verb} unexpected)"))
+
+
+def _names(arg: str | list[str]) -> list[str]:
+    return [arg] if isinstance(arg, str) else arg
+
+
+def _type_broken(arg: Any, value: Any) -> bool:
+    return not any(_is_type(value, n) for n in _names(arg))
+
+
+def _unique_broken(arg: Any, value: Any) -> bool:
+    return arg is True and not _unique(value)
+
+
+# keyword -> does `value` break it (jsonschema's comparisons, so NaN behaves the same); then its message
+_BROKEN: dict[str, Callable[[Any, Any], bool]] = {
+    "type": _type_broken,
+    "enum": lambda arg, value: not (isinstance(value, str) and value in arg),
+    "const": lambda arg, value: not (isinstance(value, str) and value == arg),
+    "minItems": lambda arg, value: isinstance(value, list) and len(value) < arg,
+    "maxItems": lambda arg, value: isinstance(value, list) and len(value) > arg,
+    "minLength": lambda arg, value: isinstance(value, str) and len(value) < arg,
+    "maxLength": lambda arg, value: isinstance(value, str) and len(value) > arg,
+    "uniqueItems": _unique_broken,
+    "pattern": lambda arg, value: isinstance(value, str) and not re.search(arg, value),
+    "minimum": lambda arg, value: _number(value) and value < arg,
+    "maximum": lambda arg, value: _number(value) and value > arg,
+    "exclusiveMinimum": lambda arg, value: _number(value) and value <= arg,
+    "exclusiveMaximum": lambda arg, value: _number(value) and value >= arg,
+}
+_MESSAGES: dict[str, Callable[[Any, Any], str]] = {
+    "type": lambda arg, value: f"{value!r} is not of type {', '.join(map(repr, _names(arg)))}",
+    "enum": lambda arg, value: f"{value!r} is not one of {arg!r}",
+    "const": lambda arg, value: f"{arg!r} was expected",
+    "minItems": lambda arg, value: f"{value!r} {'should be non-empty' if arg == 1 else 'is too short'}",
+    "minLength": lambda arg, value: f"{value!r} {'should be non-empty' if arg == 1 else 'is too short'}",
+    "maxItems": lambda arg, value: f"{value!r} {'is expected to be empty' if arg == 0 else 'is too long'}",
+    "maxLength": lambda arg, value: f"{value!r} {'is expected to be empty' if arg == 0 else 'is too long'}",
+    "uniqueItems": lambda arg, value: f"{value!r} has non-unique elements",
+    "pattern": lambda arg, value: f"{value!r} does not match {arg!r}",
+    "minimum": lambda arg, value: f"{value!r} is less than the minimum of {arg!r}",
+    "maximum": lambda arg, value: f"{value!r} is greater than the maximum of {arg!r}",
+    "exclusiveMinimum": lambda arg, value: f"{value!r} is less than or equal to the minimum of {arg!r}",
+    "exclusiveMaximum": lambda arg, value: f"{value!r} is greater than or equal to the maximum of {arg!r}",
+}
