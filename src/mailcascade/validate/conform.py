@@ -13,7 +13,7 @@ from typing import Any
 from mailcascade.types import Finding
 from mailcascade.validate.compiled import CompiledSchema, PathPart, format_path
 from mailcascade.validate.fastcheck import Violation
-from mailcascade.validate.placeholder import is_placeholder, leaves
+from mailcascade.validate.placeholder import has_placeholder, is_placeholder, leaves
 
 _SEPARATORS = re.compile(r"[\s\-]+")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -79,7 +79,16 @@ def conform(value: Any, compiled: CompiledSchema, depth: int = 0) -> Outcome:
 
 
 def _has_non_finite(value: Any) -> bool:
-    return any(isinstance(leaf, float) and not math.isfinite(leaf) for _, leaf in leaves(value))
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            return True
+    return False
 
 
 def _wrapped(out: Outcome, detail: str) -> Outcome:
@@ -120,7 +129,8 @@ def is_schema_echo(value: Any, compiled: CompiledSchema) -> bool:
 def _repair(value: Any, compiled: CompiledSchema, valid: bool = False) -> Outcome:
     findings: list[Finding] = []
     skip: set[tuple[PathPart, ...]] = set()
-    for path, leaf in leaves(value):
+    odd = _has_non_finite(value) or has_placeholder(value, compiled)  # the common no, without building paths
+    for path, leaf in leaves(value) if odd else ():
         if isinstance(leaf, float) and not math.isfinite(leaf):
             skip.add(tuple(path))  # reported by the parser as non_finite_number
         elif isinstance(leaf, str) and is_placeholder(leaf, compiled):
@@ -217,7 +227,9 @@ def _fix(root: Any, err: Violation, path: list[PathPart], compiled: CompiledSche
 
 
 def _required_name(err: Violation, instance: dict[str, Any]) -> str:
-    """The property this error is about: jsonschema says "'name' is a required property", one error per name."""
+    """The property this error is about: fastcheck names it; jsonschema says "'name' is a required property"."""
+    if err.name:
+        return err.name
     missing = [r for r in err.validator_value if r not in instance]
     for name in missing:
         if isinstance(name, str) and err.message == f"{name!r} is a required property":
@@ -238,12 +250,14 @@ def near_miss(value: str, allowed: Sequence[str]) -> tuple[str | None, list[str]
     if exact:
         return (exact[0] if len(exact) == 1 else None), exact
     others = dict.fromkeys(map(ord, norm))  # a translate table deleting the characters of `value`
-    matcher = difflib.SequenceMatcher(None, b=norm)
+    matcher: difflib.SequenceMatcher[str] | None = None
     close = []
     for a, n in normed:
         shared = len(n) - len(n.translate(others))  # >= the matches quick_ratio and ratio count
         if 2.0 * shared / (len(n) + len(norm)) < NEAR_MISS_CUTOFF:  # len > 0: two empty strings matched exactly
             continue
+        if matcher is None:
+            matcher = difflib.SequenceMatcher(None, b=norm)
         matcher.set_seq1(n)
         if (matcher.real_quick_ratio() >= NEAR_MISS_CUTOFF and matcher.quick_ratio() >= NEAR_MISS_CUTOFF
                 and matcher.ratio() >= NEAR_MISS_CUTOFF):

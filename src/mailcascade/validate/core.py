@@ -20,6 +20,7 @@ from mailcascade.validate.placeholder import has_placeholder
 from mailcascade.validate.syntax import Note, Parsed, _decoder
 
 _REJECTED_SYNTAX = frozenset({"non_finite_number"})
+_JSON_STARTS = frozenset('"{[-0123456789tfnNI')  # what a JSON value can start with, after JSON whitespace
 
 
 _UNTRIED, _FAILED = object(), object()  # `validate` did not parse the text / the parse failed
@@ -31,7 +32,10 @@ def validate(text: str, schema: Mapping[str, Any], *, finish_reason: str | None 
     compiled = compile_schema(schema)
     first: Any = _UNTRIED
     if finish_reason != "length":
+        head = text.lstrip(" \t\n\r")[:1]
         try:
+            if not head or head not in _JSON_STARTS:
+                raise ValueError("not JSON")  # what json.loads would say, without its error message's cost
             first = _decoder().decode(text)  # json.loads, with NaN and Infinity refused
         except (ValueError, RecursionError):
             first = _FAILED
@@ -65,7 +69,7 @@ def _slow(text: str, compiled: CompiledSchema, finish_reason: str | None,
     if not found.candidates:
         return _verdict(None, [*head, *_no_candidate(text, found, finish_reason), *cut])
     assessed = [(c, _assess(c, compiled, context)) for c in found.candidates]
-    best_i = min(range(len(assessed)), key=lambda i: _score(assessed[i]))
+    best_i = min(range(len(assessed)), key=lambda i: _score(assessed[i])) if len(assessed) > 1 else 0
     chosen, outcome = assessed[best_i]
     findings = [*head, *_notes_to_findings(prose_notes(text, chosen, [c for c, _ in assessed if c is not chosen],
                                                        found.reasoning))]

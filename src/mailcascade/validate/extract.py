@@ -101,10 +101,7 @@ def scan(text: str, top_type: Any) -> Scan:
         for lo, hi in raw_spans:
             _scan_range(text, lo, hi, top_type, inner)
     else:
-        masked = list(text)
-        for c in full.candidates:
-            masked[c.start:c.end] = " " * (c.end - c.start)
-        spans = reasoning_spans("".join(masked))
+        spans = reasoning_spans(_blank(text, [(c.start, c.end) for c in full.candidates]))
         outside = [f for f in full.failures if not any(lo <= f.start < hi for lo, hi in spans)]
         out = Scan(failures=outside, reasoning=spans)
         inner = Scan()
@@ -129,18 +126,12 @@ def prose_notes(text: str, chosen: Parsed, others: list[Parsed], reasoning: list
     if not reasoning and not others and not (text[:chosen.start] + text[chosen.end:]).replace("\ufeff", " ").strip():
         return []  # nothing but whitespace around the JSON
     notes: list[Note] = []
-    masked = list(text)
-    for lo, hi in [*reasoning, *((o.start, o.end) for o in others)]:
-        masked[lo:hi] = " " * (hi - lo)
-    masked[chosen.start:chosen.end] = " " * (chosen.end - chosen.start)
-    flat = "".join(masked).replace("\ufeff", " ")  # a byte-order mark is not text
+    flat = _blank(text, [*reasoning, *((o.start, o.end) for o in others), (chosen.start, chosen.end)])
+    flat = flat.replace("\ufeff", " ")  # a byte-order mark is not text
     fences = [m for m in _FENCE.finditer(flat) if m.group() != "`" or _touches(flat, m, chosen)]
     if fences:
         notes.append(("code_fence", fences[0].start(), fences[0].group().lstrip("`")))
-        chars = list(flat)
-        for m in fences:
-            chars[m.start():m.end()] = " " * (m.end() - m.start())
-        flat = "".join(chars)
+        flat = _blank(flat, [m.span() for m in fences])
     before, after = flat[:chosen.start], flat[chosen.end:]
     stray_open = re.search(r"[{\[][\s{\[]*$", before)
     if stray_open:
@@ -157,6 +148,13 @@ def prose_notes(text: str, chosen: Parsed, others: list[Parsed], reasoning: list
     if after.strip():
         notes.append(("suffix_text", chosen.end + len(after) - len(after.lstrip()), _excerpt(after)))
     return notes
+
+
+def _blank(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with each span (inside it) replaced by as many spaces."""
+    for lo, hi in spans:
+        text = f"{text[:lo]}{' ' * (hi - lo)}{text[hi:]}"
+    return text
 
 
 def _touches(flat: str, m: re.Match[str], chosen: Parsed) -> bool:

@@ -130,6 +130,9 @@ def _keyword(key: str, arg: Any, schema: Mapping[str, Any]) -> Check:
         if len(names) == 1 and names[0] in _PLAIN_TYPES:
             kind = _PLAIN_TYPES[names[0]]
             return lambda value: isinstance(value, kind)
+        if len(names) == 1:
+            name = names[0]
+            return lambda value: _is_type(value, name)
         return lambda value: any(_is_type(value, n) for n in names)
     if key in ("enum", "const"):
         allowed = arg if key == "enum" else [arg]
