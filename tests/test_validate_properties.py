@@ -3,7 +3,9 @@ wrapped valid document changes it."""
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from typing import Any
 
 from hypothesis import HealthCheck, assume, given, settings
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from fakes import DRAFT_SCHEMA, route_schema
 from mailcascade.validate import is_placeholder, validate
+from mailcascade.validate.conform import NEAR_MISS_CUTOFF, near_miss
 
 DEPARTMENTS = ["orders", "shipping", "returns", "billing", "products", "account", "general", "out_of_scope"]
 ROUTE = route_schema(DEPARTMENTS)
@@ -139,3 +142,33 @@ def test_mutated_documents(text: str, finish: str | None) -> None:
         assert any(f.action in ("repaired", "accepted") for f in verdict.findings)
     else:
         assert verdict.value is None
+
+
+NAMES = st.text(alphabet=st.sampled_from(list("abcdeilnoprst_ -SB")), max_size=14)
+
+
+@st.composite
+def _near_names(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """Allowed values and a value that is often one of them with a few characters changed."""
+    allowed = draw(st.lists(NAMES, max_size=8))
+    if not allowed or draw(st.booleans()):
+        return draw(NAMES), allowed
+    chars = list(draw(st.sampled_from(allowed)))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(chars)))
+        chars[at:at + draw(st.integers(0, 1))] = draw(st.text(alphabet="aeiost_x", max_size=1))
+    return "".join(chars), allowed
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=_near_names())
+def test_near_miss_is_difflibs_ratio(case: tuple[str, list[str]]) -> None:
+    """near_miss's bound only skips what difflib's own ratio would reject."""
+    value, allowed = case
+    def norm(text: str) -> str:
+        return re.sub(r"[\s\-]+", "_", text.strip().lower())
+
+    exact = [a for a in allowed if norm(a) == norm(value)]
+    close = exact or [a for a in allowed
+                      if difflib.SequenceMatcher(None, norm(a), norm(value)).ratio() >= NEAR_MISS_CUTOFF]
+    assert near_miss(value, allowed) == ((close[0] if len(close) == 1 else None), close)
