@@ -19,6 +19,7 @@ MAX_DEPTH = 200
 TOO_DEEP = "nested too deeply"
 
 _WS = frozenset(" \t\n\r\ufeff\u00a0")
+_WS_RUN = re.compile("[ \t\n\r\ufeff\u00a0]+")
 _CLOSE_AFTER = frozenset(",:}]/#\"")
 _PLAIN = {
     '"': re.compile(r'[^"\\\x00-\x1f]*'),
@@ -117,7 +118,8 @@ class _Lenient:
         while self.i < n:
             c = s[self.i]
             if c in _WS:
-                self.i += 1
+                run = _WS_RUN.match(s, self.i)
+                self.i = run.end() if run else self.i + 1
             elif (c == "/" and s.startswith("//", self.i)) or c == "#":
                 self.note("comments", self.i)
                 end = s.find("\n", self.i)
