@@ -129,7 +129,7 @@ def is_schema_echo(value: Any, compiled: CompiledSchema) -> bool:
 def _repair(value: Any, compiled: CompiledSchema, valid: bool = False) -> Outcome:
     findings: list[Finding] = []
     skip: set[tuple[PathPart, ...]] = set()
-    odd = _has_non_finite(value) or has_placeholder(value, compiled)  # the common no, without building paths
+    odd = has_placeholder(value, compiled, or_non_finite=True)  # the common no, without building paths
     for path, leaf in leaves(value) if odd else ():
         if isinstance(leaf, float) and not math.isfinite(leaf):
             skip.add(tuple(path))  # reported by the parser as non_finite_number
@@ -146,9 +146,9 @@ def _repair(value: Any, compiled: CompiledSchema, valid: bool = False) -> Outcom
         touched: list[tuple[PathPart, ...]] = []  # fixes in one pass must not overlap; the rest wait a pass
         for err in errors:
             where = err.path
-            if any(where[:n] in skip for n in range(len(where) + 1)):
+            if skip and any(where[:n] in skip for n in range(len(where) + 1)):
                 continue
-            if any(where[:len(t)] == t or t[:len(where)] == where for t in touched):
+            if touched and any(where[:len(t)] == t or t[:len(where)] == where for t in touched):
                 continue
             if not copied:
                 value, copied = json_copy(value), True

@@ -144,6 +144,8 @@ def _no_candidate(text: str, found: Scan, finish_reason: str | None) -> list[Fin
 
 def _notes_to_findings(notes: list[Note]) -> list[Finding]:
     """One finding per code, at its first offset; the count and first detail in `detail`."""
+    if not notes:
+        return []
     grouped: dict[str, list[tuple[int, str]]] = {}
     for code, offset, detail in notes:
         grouped.setdefault(code, []).append((offset, detail))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -25,17 +26,16 @@ def is_placeholder(text: str, compiled: CompiledSchema | None = None) -> bool:
     """Is this whole string a placeholder rather than a value? Values the schema allows (enum, const) never are."""
     if len(text) > (compiled.longest_text if compiled is not None else 0) + 100:
         return False  # placeholders are short; long text is content
+    if compiled is not None and text in compiled.enum_strings:
+        return False
     norm = " ".join(text.lower().split())
-    if compiled is not None:
-        if text in compiled.enum_strings:
-            return False
-        if norm.rstrip(".") in compiled.texts or norm in compiled.names:
-            return True
+    if compiled is not None and (norm.rstrip(".") in compiled.texts or norm in compiled.names):
+        return True
     return norm in FILLER or _TEMPLATE.fullmatch(norm) is not None
 
 
-def has_placeholder(value: Any, compiled: CompiledSchema) -> bool:
-    """Fast check for the clean path: any string anywhere that is a placeholder."""
+def has_placeholder(value: Any, compiled: CompiledSchema, *, or_non_finite: bool = False) -> bool:
+    """Fast check: any string anywhere that is a placeholder (or, with `or_non_finite`, a NaN or infinity)."""
     stack = [value]
     while stack:
         node = stack.pop()
@@ -46,6 +46,8 @@ def has_placeholder(value: Any, compiled: CompiledSchema) -> bool:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
+        elif or_non_finite and isinstance(node, float) and not math.isfinite(node):
+            return True
     return False
 
 
