@@ -210,7 +210,7 @@ def _bound(key: str, limit: float) -> Check:
     return lambda value: not _number(value) or not value >= limit
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Violation:
     """One schema error, as jsonschema reports it (`validator` is the keyword; None for a false schema).
 
