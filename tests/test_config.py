@@ -388,3 +388,29 @@ def test_to_dict_round_trips_through_settings_from_dict() -> None:
 def test_environment_names_that_are_not_settings_are_ignored() -> None:
     s = load_settings(None, env={"MAILCASCADE_DEBUG": "1", "MAILCASCADE_DATA_DIR": "/data"})
     assert s == load_settings(None, env={})
+
+
+def test_auto_strategy_routes_the_embedded_model_by_examples_and_any_other_model_by_the_llm() -> None:
+    import dataclasses
+
+    from mailcascade.config import DEFAULT_DEPARTMENTS, SHIPPED_ROUTER_EXAMPLES, Department, RouteSettings
+
+    def strategy(s: Settings, **kw: bool) -> tuple[str, str, str]:
+        r = s.resolved(**kw).route
+        return r.strategy, r.examples_path, r.oos_calibration
+
+    local = Settings()
+    assert local.route.strategy == "auto" and local.uses_local_server
+    assert strategy(local) == ("embedding", str(SHIPPED_ROUTER_EXAMPLES), "off")  # the shipped examples
+    assert SHIPPED_ROUTER_EXAMPLES.is_file()
+    assert strategy(local, train_split=True) == ("embedding", "", "cv")  # an eval set's train split
+    own = local.replace(route=RouteSettings(examples_path="mine.jsonl"))
+    assert strategy(own) == ("embedding", "mine.jsonl", "cv")
+    other = local.replace(departments=(*DEFAULT_DEPARTMENTS[:2], Department("travel", "trips")))
+    assert strategy(other) == ("llm", "", "cv")  # nothing to learn from for these departments
+    remote = load_settings(None, env={"OPENAI_BASE_URL": "https://models.example/v1"})
+    assert strategy(remote) == ("llm", "", "cv") and strategy(remote, train_split=True)[0] == "llm"
+    trained = remote.replace(route=RouteSettings(model_dir="runs/router"))
+    assert strategy(trained)[0] == "trained"
+    fixed = local.replace(route=dataclasses.replace(local.route, strategy="llm"))
+    assert fixed.resolved() is fixed  # a strategy other than auto is kept as it is

@@ -49,8 +49,10 @@ def test_run_on_a_few_emails_with_the_embedded_model(tmp_path: Path) -> None:
     assert len(emails_done) == 3 and len(by_status) == 5
     for r in emails_done:
         stages = {s["stage"]: s for s in r["stages"]}
-        assert stages["route"]["model"] and len(stages["route"]["prompt_hash"]) == 12
-        assert stages["route"]["tokens_out"] > 0 and stages["route"]["latency_ms"] > 0
+        # no configuration: strategy "auto" routes with the k-NN router over the shipped examples, the model drafts
+        assert stages["route"]["model"].startswith("knn:") and not stages["route"].get("attempts")
+        assert stages["draft"]["model"] and len(stages["draft"]["prompt_hash"]) == 12
+        assert stages["draft"]["tokens_out"] > 0 and stages["draft"]["latency_ms"] > 0
         assert len(r["hits"]) == 5 and all(h["product_id"].startswith("P") for h in r["hits"])
         if r["status"] == "ok":
             assert r["department"] and isinstance(r["draft"], str) and r["draft"]

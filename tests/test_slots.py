@@ -64,11 +64,12 @@ def test_the_embedded_server_config_is_one_slot_and_others_are_unlimited() -> No
 
 
 def test_one_slot_sends_one_request_at_a_time_and_no_queued_request_times_out() -> None:
-    # 8 requests of 0.15 s each on a serial server: 1.2 s of work, more than the 0.5 s timeout of one request
+    # 16 requests of 0.15 s each on a serial server: 2.4 s of work, more than twice the 1 s timeout of one request
+    # (which leaves a request room for a loaded machine: 1 s against 0.15 s of its own)
     with FakeServer(serial_responder(SERVER_S)) as server:
-        responses = asyncio.run(ask_all(OpenAIClient(settings_for(server, timeout_s=0.5, max_in_flight=1)), 8))
+        responses = asyncio.run(ask_all(OpenAIClient(settings_for(server, timeout_s=1.0, max_in_flight=1)), 16))
         assert server.max_in_flight == 1
-        assert len(server.chat_requests) == 8  # nothing was retried
+        assert len(server.chat_requests) == 16  # nothing was retried
     assert all(isinstance(r, ChatResponse) and r.attempts == 1 for r in responses)
     queued = sorted(r.queue_ms for r in responses if isinstance(r, ChatResponse))
     assert queued[0] < queued[-1] and queued[-1] > 5 * SERVER_S * 1000  # the last one waited for the others

@@ -282,7 +282,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    print(_settings(args).to_json())
+    print(_settings(args).resolved().to_json())  # what runs: a strategy of "auto" made concrete
     return 0
 
 

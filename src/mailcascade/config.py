@@ -36,6 +36,8 @@ LocalModel = Literal["smollm2-135m", "gemma3-270m"]
 LOCAL_MODEL_NAMES: Mapping[str, str] = {"smollm2-135m": LOCAL_MODEL, "gemma3-270m": "gemma3-270m"}
 LOCAL_SLOTS = 1  # llama-cpp-python's server answers one request at a time (one llama context behind a lock)
 PACKAGE_ROOT = Path(__file__).resolve().parent
+#: hand-written router examples for the built-in departments (and out_of_scope), none of them a sample email
+SHIPPED_ROUTER_EXAMPLES = PACKAGE_ROOT / "data" / "router_examples.jsonl"
 
 
 def available_cores() -> int:
@@ -171,7 +173,9 @@ class RetrievalSettings:
 
 @dataclass(frozen=True)
 class RouteSettings:
-    strategy: Literal["llm", "embedding", "trained", "hybrid"] = "llm"
+    # "auto": the best that needs no setting for the model in use (`Settings.resolved`): the LLM for any model but
+    # the embedded one, which routes below the majority class; for it, a router that learns from examples
+    strategy: Literal["auto", "llm", "embedding", "trained", "hybrid"] = "auto"
     examples_path: str = ""  # JSONL of {"text", "department"}: the embedding router's examples and few-shot pool
     model_dir: str = ""  # a trained router (`mailcascade router train ... --out DIR`): strategy "trained"/"hybrid"
     # JSONL of {"text"} that belong to no department: extra out-of-scope items for calibration (never training)
@@ -301,6 +305,28 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def resolved(self, *, train_split: bool = False) -> Settings:
+        """These settings with `[route] strategy = "auto"` made concrete (any other strategy is kept):
+        "trained" with a `route.model_dir`; "llm" for any model but the embedded one; with the embedded model (SmolLM2
+        routes below the majority class), "embedding": the k-NN router over `route.examples_path`, else over an eval
+        set's train split (`train_split`), else, for the built-in departments, over the router examples shipped in
+        the package (their out_of_scope examples stand in for a threshold: `oos_calibration = "off"`); with none
+        of those, "llm"."""
+        route = self.route
+        if route.strategy != "auto":
+            return self
+        changes: dict[str, Any] = {"strategy": "llm"}
+        if route.model_dir:
+            changes = {"strategy": "trained"}
+        elif not self.uses_local_server:
+            pass
+        elif route.examples_path or train_split:
+            changes = {"strategy": "embedding"}
+        elif [d.name for d in self.departments] == [d.name for d in DEFAULT_DEPARTMENTS]:
+            changes = {"strategy": "embedding", "examples_path": str(SHIPPED_ROUTER_EXAMPLES),
+                       "oos_calibration": "off"}
+        return self.replace(route=dataclasses.replace(route, **changes))
 
     def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
         """Plain data. `redact`: secret settings become ***redacted*** and URLs lose their password (`mask_url`)."""

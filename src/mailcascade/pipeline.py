@@ -10,6 +10,7 @@ thread, so there is one code path, and a deadline cancels in-flight model calls 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -75,7 +76,13 @@ class Pipeline:
         run_id: str | None = None,
         tracer: Tracer | None = None,
     ) -> None:
-        """`router_factory` builds the router on first use (it embeds the examples or loads a model: not cheap)."""
+        """`router_factory` builds the router on first use (it embeds the examples or loads a model: not cheap).
+        Settings are taken as given (`from_config` resolves a strategy of "auto"); here "auto" means the router
+        passed, or the LLM without one."""
+        if settings.route.strategy == "auto":
+            given = router is not None or router_factory is not None
+            settings = settings.replace(route=dataclasses.replace(settings.route,
+                                                                  strategy="embedding" if given else "llm"))
         needed = ("route", "draft", "route_shortlist") if settings.route.strategy == "hybrid" else ("route", "draft")
         for name in needed:
             if name not in prompts:
@@ -110,8 +117,8 @@ class Pipeline:
         """Build from a TOML file (or defaults plus environment when None). Pass `llm` to use your own client.
 
         Cheap: reads the settings, prompts and router examples and opens the store; no model, index or server is
-        loaded or started here."""
-        settings = settings or load_settings(path)
+        loaded or started here. `[route] strategy = "auto"` is made concrete here (`Settings.resolved`)."""
+        settings = (settings or load_settings(path)).resolved()
         store = open_store(settings.store)
         server = None
         if llm is None:

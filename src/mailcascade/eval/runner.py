@@ -178,7 +178,8 @@ def run_eval(
     """Run (or resume) an eval and write the run directory; returns its path."""
     out = Path(out_dir)
     cache = Path(cache_dir)
-    settings = eval_settings(eval_set, settings, cache)
+    # "auto" on the embedded model: the k-NN router learns from the train split when there is one
+    settings = eval_settings(eval_set, settings, cache).resolved(train_split=bool(eval_set.train))
     labels = list(settings.department_names)
     check_departments(eval_set, labels)
     level = "passage" if eval_set.passages is not None else "product"
