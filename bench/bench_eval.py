@@ -8,6 +8,8 @@
 3. A route call through the pipeline against the bare `openai` call with the same messages, zero-latency server.
 4. Re-run after a draft-prompt edit, as a share of the full run's time (routing and retrieval from the cache).
 Real embeddings (MiniLM) and a real FAISS index; the model is the fake server. BENCH_LATENCY_S sets the latency.
+
+    python bench/bench_eval.py [concurrency] [batching] [overhead] [rerun]    # the parts named, or all
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -164,7 +167,7 @@ def overhead_bench(work: Path, embedder: Embedder, prompts: Path, n: int = 150, 
     lines = [f"route call through the pipeline vs the bare openai call, zero-latency fake server, {n} calls a round"]
     with FakeServer(sensible) as server:
         for cache in (True, False):
-            ratios = []
+            ratios, overheads = [], []
             for r in range(rounds):
                 settings = settings_for(server, work / f"overhead-{cache}-{r}.db", prompts, cache=cache)
                 emails = [Email(id=f"o{r}-{i}", subject=f"Order {r}-{i}", body=f"Where is my order {r}-{i}?")
@@ -190,9 +193,12 @@ def overhead_bench(work: Path, embedder: Embedder, prompts: Path, n: int = 150, 
 
                 bare, through = asyncio.run(one_round())
                 ratios.append(through / bare)
+                overheads.append(((through - bare) / (n - 5) * 1e6, bare / (n - 5) * 1e6))
             label = "LLM cache on (a miss: lookup + write)" if cache else "LLM cache off"
+            extra, call = statistics.median(o for o, _ in overheads), statistics.median(b for _, b in overheads)
             lines.append(f"  {label:<40} median {statistics.median(ratios):.2f}x (rounds: "
-                         f"{', '.join(f'{x:.2f}' for x in ratios)})")
+                         f"{', '.join(f'{x:.2f}' for x in ratios)}); {extra:.0f} us a call over the bare "
+                         f"{call:.0f} us")
     return lines
 
 
@@ -209,14 +215,24 @@ def rerun_bench(work: Path, embedder: Embedder, prompts: Path) -> list[str]:
 
 
 def main() -> None:
+    names = ("concurrency", "batching", "overhead", "rerun")
+    chosen = sys.argv[1:] or list(names)
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise SystemExit(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     work = Path(tempfile.mkdtemp(prefix="mc-bench-"))
     prompts = work / "prompts"
     shutil.copytree(ROOT / "src" / "mailcascade" / "prompts", prompts)
     embedder = Embedder(EmbeddingSettings())
+    parts: dict[str, Callable[[], list[str]]] = {
+        "concurrency": lambda: concurrency_bench(work, embedder, prompts),
+        "batching": lambda: batching_bench(embedder),
+        "overhead": lambda: overhead_bench(work, embedder, prompts),
+        "rerun": lambda: rerun_bench(work, embedder, prompts),
+    }
     try:
-        for part in (lambda: concurrency_bench(work, embedder, prompts), lambda: batching_bench(embedder),
-                     lambda: overhead_bench(work, embedder, prompts), lambda: rerun_bench(work, embedder, prompts)):
-            print("\n".join(part()) + "\n", flush=True)
+        for name in chosen:
+            print("\n".join(parts[name]()) + "\n", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

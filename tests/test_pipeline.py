@@ -11,7 +11,7 @@ import pytest
 from fakes import HashEmbedder, sensible, stage_of
 from fakeserver import FakeServer, Reply, Status
 from mailcascade.catalog import build_index, catalog_passages, load_catalog
-from mailcascade.config import LLMSettings, Settings
+from mailcascade.config import LLMSettings, Settings, StoreSettings
 from mailcascade.errors import EmailParseError
 from mailcascade.llm import OpenAIClient
 from mailcascade.pipeline import Given, Pipeline
@@ -213,3 +213,25 @@ def test_a_cache_only_rerun_adds_no_calls_or_tokens_to_the_failure_log(tmp_path:
     tokens = sum(s.tokens_in + s.tokens_out for s in first.stages)
     assert sum(row["tokens"] for row in stats.values()) == tokens
     assert sum(s["outputs"] for s in code_stats(rows) if s["code"] == "prefix_text") == 2
+
+
+def test_an_answer_cached_under_another_sent_schema_is_not_served(tmp_path: Path, index,  # type: ignore[no-untyped-def]
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LLM cache key is what is sent: when the response_format sent for the same prompt schema changes (here:
+    an earlier version that sent the range bounds in json_object mode), the answer given under the old one is not
+    served."""
+    from mailcascade.llm import client
+
+    with FakeServer(sensible) as server:
+        settings = Settings().replace(llm=LLMSettings(base_url=server.base_url, model="fake-model"),
+                                      store=StoreSettings(path=str(tmp_path / "log.db")))
+        with monkeypatch.context() as earlier:
+            earlier.setattr(client, "GRAMMAR_BOUNDS", frozenset())
+            with Pipeline.from_config(settings=settings, index=index, embedder=HashEmbedder()) as first:
+                assert first.run(EMAIL, stages=("route",)).status == "ok"
+        with Pipeline.from_config(settings=settings, index=index, embedder=HashEmbedder()) as again:
+            assert again.run(EMAIL, stages=("route",)).status == "ok"
+            assert again.run(EMAIL, stages=("route",)).stages[0].attempts[0].cached  # same schema sent: a hit
+        sent = [body["response_format"]["schema"] for body in server.bodies]
+    assert len(sent) == 2 and sent[0] != sent[1]
+    assert "maximum" in json.dumps(sent[0]) and "maximum" not in json.dumps(sent[1])  # confidence <= 1

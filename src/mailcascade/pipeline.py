@@ -126,7 +126,7 @@ class Pipeline:
             llm = server
         base: LLM = llm
         if settings.store.cache:
-            base = CachedLLM(base, store, f"{settings.llm.base_url}|{settings.llm.structured_output}")
+            base = CachedLLM(base, store, settings.llm.base_url, settings.llm.structured_output)
         embedder = embedder or Embedder(settings.embedding)  # loads its model on first encode
         factory = None
         if router is None and settings.route.strategy != "llm":
@@ -247,7 +247,8 @@ class Pipeline:
         deadline = self.settings.pipeline.deadline_s
         work = _Work(email, deadline, time.monotonic() + deadline if deadline else None)
         started = time.perf_counter()
-        with self.tracer.span("email", "CHAIN", self._email_attributes(email, stages)) as span:
+        traced = not isinstance(self.tracer, NoTracer)  # telemetry off: no span attributes are even built
+        with self.tracer.span("email", "CHAIN", self._email_attributes(email, stages) if traced else {}) as span:
             try:
                 if work.expires is None:
                     outputs = await self._cascade(work, stages, given or Given())
@@ -255,17 +256,18 @@ class Pipeline:
                     # a backstop for work that is not a model call (the model calls end at the deadline themselves)
                     async with asyncio.timeout(deadline + _GRACE_S) as limit:
                         outputs = await self._cascade(work, stages, given or Given())
-                result = await asyncio.to_thread(self._finish, email, *outputs, stages)
+                result = self._finish(email, *outputs, stages)  # the store only queues its writes: no thread
             except _DeadlinePassed:
-                result = await self._deadline_result(work)
+                result = self._deadline_result(work)
             except TimeoutError as exc:  # the backstop's, or a TimeoutError from inside a stage
                 expired = work.expires is not None and limit.expired()
-                result = await self._deadline_result(work) if expired else failure(email.id, email.source, exc)
+                result = self._deadline_result(work) if expired else failure(email.id, email.source, exc)
             except Exception as exc:
                 result = failure(email.id, email.source, exc)
-            span.set(self._result_attributes(result))
-            if result.status == "failed":
-                span.fail(result.error[:200])
+            if traced:
+                span.set(self._result_attributes(result))
+                if result.status == "failed":
+                    span.fail(result.error[:200])
         log.debug("email %s: %s in %.0f ms", email.id, result.status, (time.perf_counter() - started) * 1000)
         return result
 
@@ -320,15 +322,18 @@ class Pipeline:
         work.stage = name
         if work.passed():
             raise _DeadlinePassed
-        kind = "RETRIEVER" if name == "retrieve" else "CHAIN"
-        attributes: dict[str, AttributeValue] = {"mailcascade.stage": name}
-        if self.tracer.include_content and name == "retrieve":
-            attributes["input.value"] = f"{work.email.subject}\n\n{work.email.body}"
-        with self.tracer.span(name, kind, attributes) as span:
+        if isinstance(self.tracer, NoTracer):
             out = await run()
-            span.set(self._stage_attributes(out))
-            if out.record.status in ("failed", "error"):
-                span.fail(out.record.error_code or out.record.status)
+        else:
+            kind = "RETRIEVER" if name == "retrieve" else "CHAIN"
+            attributes: dict[str, AttributeValue] = {"mailcascade.stage": name}
+            if self.tracer.include_content and name == "retrieve":
+                attributes["input.value"] = f"{work.email.subject}\n\n{work.email.body}"
+            with self.tracer.span(name, kind, attributes) as span:
+                out = await run()
+                span.set(self._stage_attributes(out))
+                if out.record.status in ("failed", "error"):
+                    span.fail(out.record.error_code or out.record.status)
         work.done.append(out)
         return out
 
@@ -340,7 +345,7 @@ class Pipeline:
             llm = TracedLLM(llm, self.tracer, stage)
         return llm
 
-    async def _deadline_result(self, work: _Work) -> Result:
+    def _deadline_result(self, work: _Work) -> Result:
         """The email's failure record when its deadline passed: the stages that finished (with their outputs), then
         the one that was running (or due) with status error and error_code deadline_exceeded."""
         records = [o.record for o in work.done]
@@ -349,7 +354,7 @@ class Pipeline:
                                        error=f"{work.stage}: {_deadline_message(work.deadline_s)}"))
         log.warning("email %s: the deadline of %g s (pipeline.deadline_s) passed during %s", work.email.id,
                     work.deadline_s, work.stage)
-        await asyncio.to_thread(self._log, work.email, work.done)
+        self._log(work.email, work.done)
         failed = [r for r in records if r.status in ("failed", "error")]
         values = {o.record.stage: o.value for o in work.done}
         route, hits = values.get("route"), values.get("retrieve")

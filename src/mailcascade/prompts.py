@@ -38,17 +38,20 @@ the file and the line. A schema string value of the form "$name" is replaced by 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import threading
 import tomllib
 import traceback
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailcascade.errors import PromptError
@@ -61,6 +64,33 @@ ENVIRONMENT = ImmutableSandboxedEnvironment(
 )
 
 
+class _Memo:
+    """A small LRU map (thread-safe): rendered texts and filled schemas by the values they were made from."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            found = self._data.get(key)
+            if found is not None:
+                self._data.move_to_end(key)
+            return found
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            if len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+def _values_key(values: Mapping[str, Any], names: tuple[str, ...]) -> str:
+    """The values of `names` as text that tells apart whatever renders differently (list vs tuple, key order)."""
+    return repr([values[n] for n in names])
+
+
 @dataclass(frozen=True)
 class Message:
     role: str
@@ -68,6 +98,23 @@ class Message:
     line: int  # the line of the file the template starts on
     refs: frozenset[str]  # the variables it reads from its context (not its own loop or `{% set %}` names)
     template: Template = field(compare=False, repr=False)
+    # rendered texts by the values of `refs`, so a message that does not change per email (the system message) is
+    # rendered once; None for a template that is not a function of its values (the `random` filter)
+    renders: _Memo | None = field(default=None, compare=False, repr=False)
+
+    def render(self, values: Mapping[str, Any]) -> str:
+        if self.renders is None:
+            return str(self.template.render(values)).strip()
+        key = _values_key(values, self._names)
+        text: str | None = self.renders.get(key)
+        if text is None:
+            text = str(self.template.render(values)).strip()
+            self.renders.put(key, text)
+        return text
+
+    @functools.cached_property
+    def _names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.refs))
 
 
 @dataclass(frozen=True)
@@ -83,6 +130,7 @@ class Prompt:
     path: str
     text: str  # the whole file, as hashed
     compiled: tuple[Message, ...] = field(default=(), compare=False, repr=False)
+    _schemas: _Memo = field(default_factory=_Memo, init=False, compare=False, repr=False)
 
     def render(self, values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         """Render every message; every declared variable must be given, nothing else."""
@@ -94,19 +142,30 @@ class Prompt:
         if extra:
             raise PromptError(f"prompt {self.name}: undeclared variable(s) {', '.join(extra)}",
                               prompt=self.name, variable=extra[0])
-        context = dict(values)
         rendered: list[tuple[str, str]] = []
         for message in self.compiled:
             try:
-                text = message.template.render(context)
+                text = message.render(values)
             except Exception as exc:  # UndefinedError, SecurityError, TypeError from the template, ...
                 raise PromptError(f"{self.path}: {_where(exc, message.line)}{_reason(exc)}", prompt=self.name) from None
-            rendered.append((message.role, text.strip()))
+            rendered.append((message.role, text))
         return tuple(rendered)
 
     def schema(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The output schema with "$name" strings replaced by the named variable's value."""
+        """The output schema with "$name" strings replaced by the named variable's value. The same values give the
+        same object (made once): treat it as read-only."""
+        key = _values_key(values, tuple(n for n in self._schema_names if n in values))
+        found: dict[str, Any] | None = self._schemas.get(key)
+        if found is None:
+            found = self._fill(values)
+            self._schemas.put(key, found)
+        return found
 
+    @functools.cached_property
+    def _schema_names(self) -> tuple[str, ...]:
+        return tuple(sorted(_schema_refs(self.schema_template)))
+
+    def _fill(self, values: Mapping[str, Any]) -> dict[str, Any]:
         def fill(node: Any) -> Any:
             if isinstance(node, str) and node.startswith("$") and node[1:] in values:
                 return values[node[1:]]
@@ -119,7 +178,7 @@ class Prompt:
         filled: dict[str, Any] = fill(self.schema_template)
         return filled
 
-    @property
+    @functools.cached_property
     def instruction_text(self) -> tuple[str, ...]:
         """The fixed text of the prompt (every `{{ ... }}`, `{% ... %}` and `{# ... #}` part removed), in chunks of
         at least 40 characters, for prompt-leak checks."""
@@ -227,7 +286,8 @@ def _split_messages(body: str, body_line: int, path: str, name: str) -> tuple[Me
             template = ENVIRONMENT.from_string(tree)  # compiling finds unknown filters and tests
         except TemplateSyntaxError as exc:
             raise _syntax_error(exc, line, path, name) from None
-        messages.append(Message(heading.group(1), source, line, refs, template))
+        pure = not any(f.name == "random" for f in tree.find_all(nodes.Filter))
+        messages.append(Message(heading.group(1), source, line, refs, template, _Memo() if pure else None))
     if not messages or not any(m.role == "user" for m in messages):
         raise PromptError(f"{path}: needs at least a '### user' message", prompt=name)
     return tuple(messages)

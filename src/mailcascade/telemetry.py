@@ -42,7 +42,12 @@ class Tracer(Protocol):
     def flush(self) -> None: ...
 
 
-class _NoSpan:
+class _NoSpan(contextlib.AbstractContextManager["_NoSpan"]):
+    """A span that records nothing, and its own context manager (one object for every span: no cost per span)."""
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
     def set(self, attributes: Mapping[str, AttributeValue]) -> None:
         pass
 
@@ -50,14 +55,16 @@ class _NoSpan:
         pass
 
 
+_NO_SPAN = _NoSpan()
+
+
 class NoTracer:
     """Telemetry off: every span is a no-op."""
 
     include_content = False
 
-    @contextlib.contextmanager
-    def span(self, name: str, kind: str, attributes: Mapping[str, AttributeValue]) -> Iterator[Span]:
-        yield _NoSpan()
+    def span(self, name: str, kind: str, attributes: Mapping[str, AttributeValue]) -> _NoSpan:
+        return _NO_SPAN
 
     def flush(self) -> None:
         pass

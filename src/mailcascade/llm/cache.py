@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 
 from mailcascade.llm.base import LLM
+from mailcascade.llm.client import response_format
 from mailcascade.store import Store
 from mailcascade.types import ChatRequest, ChatResponse
 
@@ -18,29 +19,27 @@ class CacheStats:
     misses: int
 
 
-def cache_key(request: ChatRequest, model: str, endpoint: str) -> str:
-    payload = {
-        "endpoint": endpoint,
-        "model": model,
-        "messages": request.messages,
-        "max_tokens": request.max_tokens,
-        "temperature": request.temperature,
-        "schema": request.schema,
-        "schema_name": request.schema_name,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+def cache_key(request: ChatRequest, model: str, endpoint: str, structured_output: str) -> str:
+    """The hash of what is sent: endpoint, model, messages, generation parameters and the `response_format` that
+    `structured_output` mode sends for the request's schema (so an answer given under another schema, or another
+    form of the same one, is not served)."""
+    payload = (endpoint, model, request.messages, request.max_tokens, request.temperature,
+               response_format(request, structured_output))
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()
 
 
 class CachedLLM:
     """Answers from the store when the same request was answered before; counts hits and misses.
 
-    `endpoint` should name what else determines the answer (base URL and structured-output mode).
+    `endpoint` names the server (its base URL); `structured_output` is the client's mode (it decides the
+    `response_format` sent).
     """
 
-    def __init__(self, inner: LLM, store: Store, endpoint: str) -> None:
+    def __init__(self, inner: LLM, store: Store, endpoint: str, structured_output: str = "json_object") -> None:
         self._inner = inner
         self._store = store
         self._endpoint = endpoint
+        self._structured_output = structured_output
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -62,7 +61,7 @@ class CachedLLM:
                 self._misses += 1
 
     def complete(self, request: ChatRequest) -> ChatResponse:
-        key = cache_key(request, self.model, self._endpoint)
+        key = cache_key(request, self.model, self._endpoint, self._structured_output)
         found = self._store.cache_get(key)
         self._count(found is not None)
         if found is not None:
@@ -72,7 +71,7 @@ class CachedLLM:
         return response
 
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
-        key = cache_key(request, self.model, self._endpoint)
+        key = cache_key(request, self.model, self._endpoint, self._structured_output)
         found = self._store.cache_get(key)
         self._count(found is not None)
         if found is not None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from tenacity import AsyncRetrying, Retrying, retry_if_result, wait_none
+from tenacity import Retrying, retry_if_result, wait_none
 
 from mailcascade.config import ValidationSettings
 from mailcascade.errors import LLMError
@@ -129,17 +129,17 @@ class Call:
         )
 
 
-def _retrying_kwargs() -> dict[str, Any]:
-    # `observe` decides whether to go on (and says why it stopped); tenacity runs the attempts and re-raises
-    # model errors that the client's own transport retries could not fix.
-    return {"retry": retry_if_result(bool), "wait": wait_none(), "reraise": True}
+# `observe` decides whether to go on (and says why it stopped); tenacity runs the attempts and re-raises model errors
+# that the client's own transport retries could not fix.
+_RETRYING: dict[str, Any] = {"retry": retry_if_result(bool), "wait": wait_none(), "reraise": True,
+                             "sleep": lambda _: None}
 
 
 def run_call(call: Call, llm: LLM, input_hash: str) -> StageRecord:
     """Run a call to completion synchronously; model errors become a failed record, never an exception."""
     started = time.perf_counter()
     try:
-        for attempt in Retrying(**_retrying_kwargs()):
+        for attempt in Retrying(**_RETRYING):
             with attempt:
                 again = call.observe(llm.complete(call.request()))
             if attempt.retry_state.outcome and not attempt.retry_state.outcome.failed:
@@ -150,9 +150,11 @@ def run_call(call: Call, llm: LLM, input_hash: str) -> StageRecord:
 
 
 async def arun_call(call: Call, llm: LLM, input_hash: str) -> StageRecord:
+    """Async `run_call`. A sync `Retrying` drives the attempts (there is no wait between them, and it costs a third
+    of `AsyncRetrying` per call)."""
     started = time.perf_counter()
     try:
-        async for attempt in AsyncRetrying(**_retrying_kwargs()):
+        for attempt in Retrying(**_RETRYING):
             with attempt:
                 again = call.observe(await llm.acomplete(call.request()))
             if attempt.retry_state.outcome and not attempt.retry_state.outcome.failed:
@@ -178,7 +180,8 @@ def output_of(call: Call, record: StageRecord, value: T | None) -> StageOutput[T
         value=value if record.status == "ok" else None,
         record=record,
         schema=call.schema,
-        context=dataclasses.asdict(call.context),
+        # its fields are tuples and strings: nothing to copy deeper (dataclasses.asdict would, at a cost)
+        context={f.name: getattr(call.context, f.name) for f in dataclasses.fields(call.context)},
         actions=tuple(call.actions),
     )
 
