@@ -82,11 +82,17 @@ def _set_torch_threads(threads: int) -> None:
 
 
 class Embedder:
-    """sentence-transformers embedder. Loads the model lazily, offline only; safe to share across threads."""
+    """sentence-transformers embedder. Loads the model lazily, offline only; safe to share across threads.
+
+    Concurrent encodes run in parallel: only the torch backend's tokenisation is serialised (the HF fast tokenizer
+    sets its padding and truncation state on every call, which is not safe to share: "Already borrowed"); the
+    forward pass runs outside the lock. The onnx backend's tokenizer is configured once, so nothing is locked.
+    """
 
     def __init__(self, settings: EmbeddingSettings) -> None:
         self.settings = settings
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # model loading
+        self._tokenize_lock = threading.Lock()
         self._model: Any = None
         self._dim: int | None = None
 
@@ -137,11 +143,14 @@ class Embedder:
             return None
 
     def _load_model(self) -> Any:
+        if self._model is not None:
+            return self._model
         with self._lock:
             if self._model is None:
-                self._model = self._create_model()
+                model = self._create_model()
                 if self.settings.backend == "torch":
                     _set_torch_threads(embedder_threads(self.settings))
+                self._model = model
             return self._model
 
     def _create_model(self) -> Any:
@@ -170,16 +179,30 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts in batches of settings.batch_size; rows are float32 and L2-normalised."""
         texts = list(texts)
-        with self._lock:
-            model = self._load_model()
-            if not texts:
-                return np.zeros((0, self.dim), dtype=np.float32)
-            batch = max(1, self.settings.batch_size)
-            if self.settings.backend == "onnx":
-                return normalise(model.encode(texts, batch))
-            parts = [
-                model.encode(texts[i:i + batch], batch_size=batch, convert_to_numpy=True,
-                             normalize_embeddings=True, show_progress_bar=False)
-                for i in range(0, len(texts), batch)
-            ]
-        return normalise(np.vstack(parts))
+        model = self._load_model()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = max(1, self.settings.batch_size)
+        if self.settings.backend == "onnx":
+            return normalise(model.encode(texts, batch))
+        return normalise(self._encode_torch(model, texts, batch))
+
+    def _encode_torch(self, model: Any, texts: list[str], batch: int) -> np.ndarray:
+        """What SentenceTransformer.encode does (longest texts first, batches of `batch`, every module, normalised),
+        with only the tokenizer call under the lock."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        preprocess = getattr(model, "preprocess", None) or model.tokenize  # `tokenize` before sentence-transformers 6
+        order = np.argsort([-len(t) for t in texts])
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch):
+            rows = order[start:start + batch]
+            with self._tokenize_lock:
+                features = preprocess([texts[i] for i in rows])
+            features = batch_to_device(features, model.device)
+            with torch.inference_mode():
+                vectors = model(features)["sentence_embedding"]
+                vectors = torch.nn.functional.normalize(vectors.float(), p=2, dim=1)
+            out[rows] = vectors.cpu().numpy()
+        return out

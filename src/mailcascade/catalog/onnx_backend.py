@@ -132,7 +132,10 @@ def _export(source: Path, out: Path) -> None:
 
 
 class OnnxModel:
-    """An exported model run by onnxruntime. `encode` returns float32 rows, L2-normalised if the model normalises."""
+    """An exported model run by onnxruntime. `encode` returns float32 rows, L2-normalised if the model normalises.
+
+    Safe to call from many threads at once, unlocked: the tokenizer's truncation and padding are set here once
+    (encoding only reads them) and InferenceSession.run is thread-safe."""
 
     def __init__(self, directory: str | Path, *, threads: int = 0) -> None:
         root = Path(directory)
