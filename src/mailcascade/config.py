@@ -319,11 +319,9 @@ class Settings:
         changes: dict[str, Any] = {"strategy": "llm"}
         if route.model_dir:
             changes = {"strategy": "trained"}
-        elif not self.uses_local_server:
-            pass
-        elif route.examples_path or train_split:
+        elif self.uses_local_server and (route.examples_path or train_split):
             changes = {"strategy": "embedding"}
-        elif [d.name for d in self.departments] == [d.name for d in DEFAULT_DEPARTMENTS]:
+        elif self.uses_local_server and [d.name for d in self.departments] == [d.name for d in DEFAULT_DEPARTMENTS]:
             changes = {"strategy": "embedding", "examples_path": str(SHIPPED_ROUTER_EXAMPLES),
                        "oos_calibration": "off"}
         return self.replace(route=dataclasses.replace(route, **changes))

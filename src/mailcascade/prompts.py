@@ -42,10 +42,8 @@ import functools
 import hashlib
 import json
 import re
-import threading
 import tomllib
 import traceback
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +53,7 @@ from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailcascade.errors import PromptError
+from mailcascade.memo import Memo
 
 _ROLE_HEADING = re.compile(r"^###\s*(system|user|assistant)\s*$", re.MULTILINE)
 _TEMPLATE_FILE = "<template>"  # the file name Jinja gives the frames of a template made from a string
@@ -64,26 +63,7 @@ ENVIRONMENT = ImmutableSandboxedEnvironment(
 )
 
 
-class _Memo:
-    """A small LRU map (thread-safe): rendered texts and filled schemas by the values they were made from."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._data: OrderedDict[str, Any] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Any:
-        with self._lock:
-            found = self._data.get(key)
-            if found is not None:
-                self._data.move_to_end(key)
-            return found
-
-    def put(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
+PROMPT_MEMO_SIZE = 64  # rendered texts and filled schemas kept per message and prompt
 
 
 def _values_key(values: Mapping[str, Any], names: tuple[str, ...]) -> str:
@@ -100,7 +80,7 @@ class Message:
     template: Template = field(compare=False, repr=False)
     # rendered texts by the values of `refs`, so a message that does not change per email (the system message) is
     # rendered once; None for a template that is not a function of its values (the `random` filter)
-    renders: _Memo | None = field(default=None, compare=False, repr=False)
+    renders: Memo | None = field(default=None, compare=False, repr=False)
 
     def render(self, values: Mapping[str, Any]) -> str:
         if self.renders is None:
@@ -130,7 +110,7 @@ class Prompt:
     path: str
     text: str  # the whole file, as hashed
     compiled: tuple[Message, ...] = field(default=(), compare=False, repr=False)
-    _schemas: _Memo = field(default_factory=_Memo, init=False, compare=False, repr=False)
+    _schemas: Memo = field(default_factory=lambda: Memo(PROMPT_MEMO_SIZE), init=False, compare=False, repr=False)
 
     def render(self, values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         """Render every message; every declared variable must be given, nothing else."""
@@ -287,7 +267,8 @@ def _split_messages(body: str, body_line: int, path: str, name: str) -> tuple[Me
         except TemplateSyntaxError as exc:
             raise _syntax_error(exc, line, path, name) from None
         pure = not any(f.name == "random" for f in tree.find_all(nodes.Filter))
-        messages.append(Message(heading.group(1), source, line, refs, template, _Memo() if pure else None))
+        renders = Memo(PROMPT_MEMO_SIZE) if pure else None
+        messages.append(Message(heading.group(1), source, line, refs, template, renders))
     if not messages or not any(m.role == "user" for m in messages):
         raise PromptError(f"{path}: needs at least a '### user' message", prompt=name)
     return tuple(messages)

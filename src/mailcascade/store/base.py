@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from mailcascade.config import mask_url
 from mailcascade.errors import MailcascadeError
+from mailcascade.memo import Memo
 from mailcascade.types import ChatResponse, Hit, StageRecord
 
 log = logging.getLogger("mailcascade.store")
@@ -72,25 +72,6 @@ class Write:
     rows: Callable[[], Rows]
 
 
-class _Memo:
-    """A bounded map of cache answers (oldest out first); safe across threads."""
-
-    def __init__(self, size: int = MEMO_MAX) -> None:
-        self._data: OrderedDict[str, Any] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Any:
-        with self._lock:
-            return self._data.get(key)
-
-    def put(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._data[key] = value
-            if len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-
 class Store:
     """Open with `Store(path_or_url, timeout_s=...)`; the backend follows from the target."""
 
@@ -109,8 +90,8 @@ class Store:
         self.where = mask_url(self.target)  # the target as it may be shown
         self.timeout_s = timeout_s
         self.write_error = ""  # the first write that failed, if any: the failure log or cache is incomplete
-        self._llm_memo = _Memo()
-        self._search_memo = _Memo()
+        self._llm_memo = Memo(MEMO_MAX)
+        self._search_memo = Memo(MEMO_MAX)
         self._cond = threading.Condition()
         self._queue: list[Write] = []
         self._queued = 0  # writes ever queued

@@ -327,14 +327,22 @@ _BROKEN: dict[str, Callable[[Any, Any], bool]] = {
     "exclusiveMinimum": lambda arg, value: _number(value) and value <= arg,
     "exclusiveMaximum": lambda arg, value: _number(value) and value >= arg,
 }
+def _too_short(arg: Any, value: Any) -> str:
+    return f"{value!r} {'should be non-empty' if arg == 1 else 'is too short'}"
+
+
+def _too_long(arg: Any, value: Any) -> str:
+    return f"{value!r} {'is expected to be empty' if arg == 0 else 'is too long'}"
+
+
 _MESSAGES: dict[str, Callable[[Any, Any], str]] = {
     "type": lambda arg, value: f"{value!r} is not of type {', '.join(map(repr, _names(arg)))}",
     "enum": lambda arg, value: f"{value!r} is not one of {arg!r}",
     "const": lambda arg, value: f"{arg!r} was expected",
-    "minItems": lambda arg, value: f"{value!r} {'should be non-empty' if arg == 1 else 'is too short'}",
-    "minLength": lambda arg, value: f"{value!r} {'should be non-empty' if arg == 1 else 'is too short'}",
-    "maxItems": lambda arg, value: f"{value!r} {'is expected to be empty' if arg == 0 else 'is too long'}",
-    "maxLength": lambda arg, value: f"{value!r} {'is expected to be empty' if arg == 0 else 'is too long'}",
+    "minItems": _too_short,
+    "minLength": _too_short,
+    "maxItems": _too_long,
+    "maxLength": _too_long,
     "uniqueItems": lambda arg, value: f"{value!r} has non-unique elements",
     "pattern": lambda arg, value: f"{value!r} does not match {arg!r}",
     "minimum": lambda arg, value: f"{value!r} is less than the minimum of {arg!r}",
