@@ -11,11 +11,12 @@
 4. Re-run after a draft-prompt edit, as a share of the full run's time (routing and retrieval from the cache).
 Real embeddings (MiniLM) and a real FAISS index; the model is the fake server. BENCH_LATENCY_S sets the latency.
 
-    python bench/bench_eval.py [concurrency] [batching] [overhead] [rerun]    # the parts named, or all
+    python bench/bench_eval.py [concurrency] [batching] [overhead] [rerun] [--backend onnx]  # the parts named, or all
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -114,9 +115,11 @@ def distinct_cases(work: Path) -> Path:
 
 def concurrency_bench(work: Path, embedder: Embedder, prompts: Path, rounds: int = 2) -> list[str]:
     """Share of the ideal speed-up, for the whole eval and for its cascade alone (the eval's metrics, baselines and
-    report take the same time at any concurrency). Rounds interleaved; the best time of each."""
+    report take the same time at any concurrency), beside the bare `openai` SDK making the same two calls per case
+    against the same server: no client in this process can beat that row. Rounds interleaved; the best time of each."""
     cases = distinct_cases(work)
     timed_eval(cases, work, "warmup", 16, embedder, prompts, work / "warm.db")  # model, index, retrieval cache
+    bodies = route_bodies(work, embedder, prompts, N_CASES)
     runs = [("one", 1), ("cold", 16), ("cold", 64), ("from cache", 16), ("from cache", 64)]
     best: dict[tuple[str, int], tuple[float, float]] = {}
     for r in range(rounds):
@@ -125,10 +128,15 @@ def concurrency_bench(work: Path, embedder: Embedder, prompts: Path, rounds: int
             t = timed_phases(cases, work, f"{kind[:4]}{c}-{r}", c, embedder, prompts, store,
                              limit=SERIAL_CASES if c == 1 else None)
             best[(kind, c)] = min(best.get((kind, c), t), t)
+        for c in (1, 16, 64):
+            t = bare_eval(bodies[:SERIAL_CASES] if c == 1 else bodies, c)
+            best[("bare openai", c)] = min(best.get(("bare openai", c), (t, t)), (t, t))
     serial = [x / SERIAL_CASES for x in best[("one", 1)]]
+    bare_serial = best[("bare openai", 1)][0] / SERIAL_CASES
     lines = [f"eval of {N_CASES} cases (route+retrieve+draft), fake server in its own process, {LATENCY_S * 1000:.0f} "
-             f"ms per call; one in flight: {serial[0]:.3f} s per case ({serial[1]:.3f} s in the cascade); "
-             f"best of {rounds} interleaved rounds",
+             f"ms per call, {embedder.settings.backend} embeddings; one in flight: {serial[0]:.3f} s per case "
+             f"({serial[1]:.3f} s in the cascade; bare openai {bare_serial:.3f} s); best of {rounds} "
+             "interleaved rounds",
              f"{'retrieval':<12}{'in flight':>10}{'ideal':>7}{'eval s':>8}{'share of ideal':>16}"
              f"{'cascade s':>11}{'share of ideal':>16}"]
     for kind, c in runs[1:]:
@@ -136,7 +144,46 @@ def concurrency_bench(work: Path, embedder: Embedder, prompts: Path, rounds: int
         (t, cascade) = best[(kind, c)]
         lines.append(f"{kind:<12}{c:>10}{ideal:>7}{t:>8.2f}{serial[0] * N_CASES / t / ideal:>16.2f}"
                      f"{cascade:>11.2f}{serial[1] * N_CASES / cascade / ideal:>16.2f}")
+    for c in (16, 64):
+        t = best[("bare openai", c)][0]
+        lines.append(f"{'bare openai':<12}{c:>10}{c:>7}{'':>8}{'':>16}{t:>11.2f}{bare_serial * N_CASES / t / c:>16.2f}"
+                     "   (2 SDK calls a case, no cascade: the ceiling)")
     return lines
+
+
+def route_bodies(work: Path, embedder: Embedder, prompts: Path, n: int) -> list[dict[str, Any]]:
+    """The request bodies of n route calls, as the pipeline sends them."""
+    with FakeServer(sensible) as server:
+        settings = settings_for(server, work / "bodies.db", prompts)
+        pipeline = Pipeline.from_config(settings=settings, embedder=embedder)
+        kwargs = OpenAIClient(LLMSettings(base_url=server.base_url, model="fake-model"))._kwargs
+        emails = [Email(id=f"b{i}", subject=f"Order {i}", body=f"Where is my order {i}?") for i in range(n)]
+        return [kwargs(route_stage.prepare(e, pipeline.prompts["route"], settings, pipeline.policies["route"],
+                                           Budget(reask_tokens_left=0)).request()) for e in emails]
+
+
+def bare_eval(bodies: list[dict[str, Any]], concurrency: int) -> float:
+    """Seconds for two bare SDK calls per body (as route, then draft), `concurrency` bodies in flight, against a new
+    server process."""
+    async def run(base_url: str) -> float:
+        client = openai.AsyncOpenAI(api_key="x", base_url=base_url, max_retries=0)
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(body: dict[str, Any]) -> None:
+            async with limit:
+                for _ in range(2):
+                    raw = await client.chat.completions.with_raw_response.create(**body)
+                    json.loads(raw.text)
+
+        await one(bodies[0])  # the client built and connected, as the pipeline's is after its warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in bodies))
+        elapsed = time.perf_counter() - started
+        await client.close()
+        return elapsed
+
+    with ServerProcess(latency_s=LATENCY_S) as server:
+        return asyncio.run(run(server.base_url))
 
 
 class MicroBatcher:
@@ -296,14 +343,18 @@ def rerun_bench(work: Path, embedder: Embedder, prompts: Path) -> list[str]:
 
 def main() -> None:
     names = ("concurrency", "batching", "overhead", "rerun")
-    chosen = sys.argv[1:] or list(names)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", help=f"the parts to run: {', '.join(names)} (default: all)")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="the embedding backend")
+    args = parser.parse_args()
+    chosen = args.parts or list(names)
     unknown = sorted(set(chosen) - set(names))
     if unknown:
-        raise SystemExit(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+        parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(names)}")
     work = Path(tempfile.mkdtemp(prefix="mc-bench-"))
     prompts = work / "prompts"
     shutil.copytree(ROOT / "src" / "mailcascade" / "prompts", prompts)
-    embedder = Embedder(EmbeddingSettings())
+    embedder = Embedder(EmbeddingSettings(backend=args.backend))
     parts: dict[str, Callable[[], list[str]]] = {
         "concurrency": lambda: concurrency_bench(work, embedder, prompts),
         "batching": lambda: batching_bench(embedder),

@@ -12,12 +12,12 @@ would compete with the pipeline for the GIL (at 64 in flight that is most of wha
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,24 +52,59 @@ class ServerProcess:
         return f"http://127.0.0.1:{self._port}/v1"
 
 
+async def serve(latency_s: float, stop: asyncio.Event) -> None:
+    """HTTP/1.1 with keep-alive on asyncio: a request costs this process a fraction of a millisecond, as a real model
+    server's costs the client's machine nothing (tests/fakeserver.py's thread per connection and "Connection: close"
+    took about as much CPU as the client under test, and a new TCP connection per call)."""
+    sys.path[:0] = [str(ROOT / "tests")]
+    from fakes import sensible
+    from fakeserver import FakeServer, Reply
+
+    fake = FakeServer(sensible)  # its responder and completion bodies; its own HTTP server is not started
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode("latin-1").split("\r\n")
+                method, path = lines[0].split(" ")[:2]
+                headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+                body = json.loads(await reader.readexactly(int(headers.get("content-length", "0")))) \
+                    if method == "POST" else None
+                if method == "POST" and path.rstrip("/") == "/v1/chat/completions" and isinstance(body, dict):
+                    if latency_s:
+                        await asyncio.sleep(latency_s)
+                    step = sensible(body)
+                    code, payload = (200, fake._completion(step, body)) if isinstance(step, Reply) else (500, {})
+                else:
+                    code, payload = 404, {"error": {"message": f"no route for {method} {path}", "type": "not_found"}}
+                data = json.dumps(payload).encode()
+                writer.write(f"HTTP/1.1 {code} {'OK' if code == 200 else 'Error'}\r\nContent-Type: application/json"
+                             f"\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # the client closed the connection, or this server is stopping
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await stop.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every reply")
     args = parser.parse_args()
-    sys.path[:0] = [str(ROOT / "tests")]
-    from fakes import sensible
-    from fakeserver import FakeServer
 
-    stop = threading.Event()
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(args.latency, stop)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    with FakeServer(sensible, latency_s=args.latency) as server:
-        print(server.port, flush=True)
-        stop.wait()
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def test_a_run_writes_records_metrics_and_report_that_agree(tmp_path: Path) -> N
     low, high = routing["accuracy_ci"]
     assert 0 < routing["accuracy"] <= 1 and low <= routing["accuracy"] <= high
     assert set(routing["baselines"]) == {"majority", "embedding_knn", "embedding_logreg", "always_out_of_scope"}
+    # computed while the cases ran, written into every record after the run
+    assert all(set(r["baselines"]) == set(routing["baselines"]) for r in records)
+    assert all(set(r["baseline_confidence"]) == {"embedding_knn", "embedding_logreg"} for r in records)
     assert routing["majority_baseline"]["name"] in ("majority", "always_out_of_scope")
     assert metrics["retrieval"]["recall@10"] >= metrics["retrieval"]["recall@1"]
     assert metrics["drafting"]["valid_share"] == 1.0
@@ -130,6 +133,8 @@ def test_a_run_killed_with_sigkill_resumes_with_every_case_exactly_once(tmp_path
     assert done.returncode == 0, done.stderr
     ids = [r["id"] for r in read_records(records).records]
     assert len(ids) == 43 and len(set(ids)) == 43
+    # the killed run's records got their baselines when the resumed run finished
+    assert all(len(r["baselines"]) == 4 for r in read_records(records).records)
     assert json.loads((out / "run.json").read_text())["resumed"] == 1
 
 

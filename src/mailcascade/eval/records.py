@@ -29,14 +29,13 @@ def retrieved_ids(record: Record, level: str) -> list[str]:
 
 
 def case_record(
-    case: EvalCase, result: Result, *, level: str, baselines: Mapping[str, str | None],
-    embed_sim: float | None, labels: Sequence[str], passage_products: Mapping[str, str],
-    baseline_confidence: Mapping[str, float | None] | None = None,
+    case: EvalCase, result: Result, *, level: str, labels: Sequence[str], passage_products: Mapping[str, str],
 ) -> dict[str, Any]:
     """One JSON-ready record: what was expected, what each stage produced and cost, and the per-case scores.
 
-    `baselines` is {baseline name: label}, `baseline_confidence` {baseline name: confidence in [0, 1]} for the
-    learned baselines (records of older runs have no "baseline_confidence": read it as None).
+    The eval fills in after the run what it computes for all cases at once: "baselines" ({baseline name: label}),
+    "baseline_confidence" ({baseline name: confidence in [0, 1]} for the learned baselines; records of older runs
+    have none: read it as None) and "embed_sim".
     """
     exp = case.expected
     stages = []
@@ -66,9 +65,9 @@ def case_record(
                       for h in result.hits],
         "draft": ({"reply": result.draft.reply, "cited": list(result.draft.product_ids)} if result.draft else None),
         "stages": stages,
-        "baselines": dict(baselines),
-        "baseline_confidence": dict(baseline_confidence or {}),
-        "embed_sim": embed_sim,
+        "baselines": {},
+        "baseline_confidence": {},
+        "embed_sim": None,
         "meta": {k: v for k, v in case.meta.items() if k not in ("answers", "sources")},
         "email_chars": len(case.email.subject) + len(case.email.body),
     }

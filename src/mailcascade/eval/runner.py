@@ -21,6 +21,7 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 from mailcascade.catalog import Embedder, EmbedderLike, Passage
 from mailcascade.config import Settings, load_settings
 from mailcascade.errors import EvalError, MailcascadeError
-from mailcascade.eval.baselines import baseline_predictions
+from mailcascade.eval.baselines import Baselines, baseline_predictions
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.evalset import EvalSet, check_departments
 from mailcascade.eval.records import case_record, compute_metrics
@@ -211,13 +212,16 @@ def run_eval(
         _write_jsonl(records_path, [r for i, r in done.items() if i not in errored])
         done = {i: r for i, r in done.items() if i not in errored}
     todo = [c for c in cases if c.id not in done]
-    baselines = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
     passages = pipeline.index.passages if "hits" in options.gold else ()  # type: ignore[attr-defined]
     by_id = {c.id: c for c in todo}
     passage_products = {p.passage_id: p.product_id for p in eval_set.passages or ()}
     started = time.time()
     with records_path.open("a", encoding="utf-8") as sink, contextlib.closing(pipeline), \
+            ThreadPoolExecutor(1, thread_name_prefix="mailcascade-baselines") as worker, \
             Progress(len(todo), "cases", enabled=options.progress) as progress:
+        # the baselines (embeddings, a cross-fitted regression) are computed while the emails are in flight, and
+        # written into the records after the run (as the embedding similarities are)
+        baselines_done = worker.submit(baseline_predictions, eval_set, cases, vectors, settings.route.neighbours)
 
         def given(email: Any) -> Given:
             case = by_id[email.id]
@@ -226,10 +230,7 @@ def run_eval(
 
         def done_one(position: int, result: Any) -> None:
             case = todo[position]
-            record = case_record(case, result, level=level, baselines=baselines.labels[case.id],
-                                 baseline_confidence=baselines.confidence[case.id],
-                                 embed_sim=None, labels=labels,  # filled in after the run, batched
-                                 passage_products=passage_products)
+            record = case_record(case, result, level=level, labels=labels, passage_products=passage_products)
             # the user's own labelled data: kept in the run so the report can show each case's email
             record["email"] = {"subject": case.email.subject, "body": case.email.body, "from": case.email.sender}
             sink.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -249,8 +250,9 @@ def run_eval(
                        given=gold)
         else:
             asyncio.run(pipeline.arun_many(emails, options.concurrency, done_one, stages=options.stages, given=gold))
+        baselines = baselines_done.result()  # with nothing left to run, or when they failed: raised here
     records = read_records(records_path).records
-    if _fill_embed_sim(records, cases, vectors):
+    if _fill_baselines(records, baselines) | _fill_embed_sim(records, cases, vectors):
         _write_jsonl(records_path, records)
     order = {c.id: i for i, c in enumerate(cases)}
     records.sort(key=lambda r: order.get(r["id"], len(order)))
@@ -270,6 +272,17 @@ def run_eval(
     pipeline.finish_run({"eval": str(out), "cases": len(records), "cache": run_info["cache"]})
     write_report(out)
     return out
+
+
+def _fill_baselines(records: list[dict[str, Any]], baselines: Baselines) -> bool:
+    """Set each record's baseline labels and confidences where they are missing; True if any was."""
+    changed = False
+    for record in records:
+        if not record.get("baselines") and baselines.labels.get(record["id"]):
+            record["baselines"] = baselines.labels[record["id"]]
+            record["baseline_confidence"] = baselines.confidence[record["id"]]
+            changed = True
+    return changed
 
 
 def _fill_embed_sim(records: list[dict[str, Any]], cases: Sequence[EvalCase], vectors: EmbeddingCache) -> bool:
