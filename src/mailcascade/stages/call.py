@@ -1,8 +1,8 @@
 """One validated model call: render, ask, validate, and re-ask or retry as the policy says.
 
-tenacity drives the attempts; the validator's verdict and the policy's decision decide whether another attempt is
-made. The loop stops when a value is accepted, when max_attempts is reached, when the same failure codes come
-back twice in a row, or when the email's re-ask token budget is spent.
+The validator's verdict and the policy's decision decide whether another attempt is made (transport retries are
+the client's, with tenacity). The loop stops when a value is accepted, when max_attempts is reached, when the same
+failure codes come back twice in a row, or when the email's re-ask token budget is spent.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
-
-from tenacity import Retrying, retry_if_result, wait_none
 
 from mailcascade.config import ValidationSettings
 from mailcascade.errors import LLMError
@@ -129,36 +127,26 @@ class Call:
         )
 
 
-# `observe` decides whether to go on (and says why it stopped); tenacity runs the attempts and re-raises model errors
-# that the client's own transport retries could not fix.
-_RETRYING: dict[str, Any] = {"retry": retry_if_result(bool), "wait": wait_none(), "reraise": True,
-                             "sleep": lambda _: None}
-
-
 def run_call(call: Call, llm: LLM, input_hash: str) -> StageRecord:
-    """Run a call to completion synchronously; model errors become a failed record, never an exception."""
+    """Run a call to completion synchronously; model errors become a failed record, never an exception.
+
+    `observe` decides whether another attempt is made (there is no wait between attempts: a re-ask is a new
+    question, not a retry); the client retries transport failures itself, with tenacity's backoff."""
     started = time.perf_counter()
     try:
-        for attempt in Retrying(**_RETRYING):
-            with attempt:
-                again = call.observe(llm.complete(call.request()))
-            if attempt.retry_state.outcome and not attempt.retry_state.outcome.failed:
-                attempt.retry_state.set_result(again)
+        while call.observe(llm.complete(call.request())):
+            pass
     except LLMError as exc:
         return call.record(llm.model, input_hash, started, lost=exc)
     return call.record(llm.model, input_hash, started)
 
 
 async def arun_call(call: Call, llm: LLM, input_hash: str) -> StageRecord:
-    """Async `run_call`. A sync `Retrying` drives the attempts (there is no wait between them, and it costs a third
-    of `AsyncRetrying` per call)."""
+    """Async `run_call`."""
     started = time.perf_counter()
     try:
-        for attempt in Retrying(**_RETRYING):
-            with attempt:
-                again = call.observe(await llm.acomplete(call.request()))
-            if attempt.retry_state.outcome and not attempt.retry_state.outcome.failed:
-                attempt.retry_state.set_result(again)
+        while call.observe(await llm.acomplete(call.request())):
+            pass
     except LLMError as exc:
         return call.record(llm.model, input_hash, started, lost=exc)
     return call.record(llm.model, input_hash, started)
