@@ -99,9 +99,11 @@ class FakeServer:
         latency_s: float = 0.0,
         model: str = "fake-model",
         port: int = 0,
+        keep_alive: bool = False,
     ) -> None:
         self.responder = responder
         self.latency_s = latency_s  # added before every reply, for benchmarks
+        self.keep_alive = keep_alive  # answers keep the connection open, as real servers do (default: closed)
         self.model = model
         self._port = port
         self._lock = threading.Lock()
@@ -306,14 +308,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")
+            if not self.fake.keep_alive:
+                self.send_header("Connection", "close")
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except OSError:
-            pass  # the client gave up (e.g. it timed out); nothing to do
-        self.close_connection = True
+            self.close_connection = True  # the client gave up (e.g. it timed out); nothing to do
+            return
+        self.close_connection = not self.fake.keep_alive
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:

@@ -372,3 +372,17 @@ def test_the_diagnosis_shows_each_pass_cache_statistics(tmp_path: Path) -> None:
     part = html[html.index('<section id="diagnosis">'):html.index('<section id="routing">')]
     assert "new model calls" in part and "gold_department" in part
     assert "pass 1: 12 new model calls" in part and "pass 2: 0 new model calls" in part
+
+
+def test_the_router_line_says_how_out_of_scope_can_still_be_answered_without_a_threshold() -> None:
+    from mailcascade.eval.report import router_lines
+
+    def line(labels: list[str]) -> str:
+        router = {"name": "knn", "labels": labels, "calibration": {"threshold": None, "source": "off"}}
+        return next(x for x in router_lines({"router": router}) if "threshold" in x)
+
+    assert line(["orders", "returns"]).endswith("none (never out of scope)")
+    assert "out_of_scope only as a label learned from the examples" in line(["orders", "out_of_scope"])
+    calibrated = {"name": "knn", "labels": ["orders"], "calibration": {"threshold": 0.41, "score": "similarity",
+                                                                      "source": "cv", "folds": 5, "cv_accuracy": 0.8}}
+    assert "0.410 on similarity, cv" in router_lines({"router": calibrated})[1]

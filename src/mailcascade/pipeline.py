@@ -200,7 +200,16 @@ class Pipeline:
         self.tracer.flush()
 
     async def aclose(self) -> None:
+        """`close`, and the model client's connections of the running event loop are closed too."""
+        await self.release_loop()
         await asyncio.to_thread(self.close)
+
+    async def release_loop(self) -> None:
+        """Close the model connections this pipeline opened on the running event loop; call it before the loop ends
+        when you run the pipeline on a loop of your own without `async with` (`run_many` and the eval do). The
+        pipeline stays usable: a next call opens new ones. A model client passed in (`llm=`) is yours to close."""
+        if self._server is not None:
+            await self._server.release()
 
     @property
     def router(self) -> RouterLike | None:
@@ -367,12 +376,20 @@ class Pipeline:
     def run_many(
         self, items: Iterable[Item], concurrency: int | None = None,
         on_result: Callable[[int, Result], None] | None = None,
+        *, stages: Sequence[str] = STAGES, given: Callable[[Email], Given | None] | None = None,
     ) -> list[Result]:
         """Run every item; results come back in input order, one per item (parse errors become failures).
 
-        `on_result(position, result)` is called as each one finishes, in completion order.
+        `on_result(position, result)` is called as each one finishes, in completion order. Runs `arun_many` on an
+        event loop of its own, which ends with the call.
         """
-        return asyncio.run(self.arun_many(items, concurrency, on_result))
+        async def run() -> list[Result]:
+            try:
+                return await self.arun_many(items, concurrency, on_result, stages=stages, given=given)
+            finally:
+                await self.release_loop()
+
+        return asyncio.run(run())
 
     async def arun_many(
         self, items: Iterable[Item], concurrency: int | None = None,

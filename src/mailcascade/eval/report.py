@@ -16,6 +16,7 @@ from mailcascade.eval.records import compute_metrics
 from mailcascade.eval.report_cases import CSS as CASES_CSS
 from mailcascade.eval.report_cases import case_link, cases_section, failure_codes
 from mailcascade.jsonl import read_jsonl_records
+from mailcascade.types import OUT_OF_SCOPE
 
 MAX_WORST = 20
 FUNNEL = (("clean_first", "clean first"), ("repaired_first", "repaired"), ("lossy_first", "lossy"),
@@ -454,8 +455,10 @@ def router_lines(metrics: Mapping[str, Any]) -> list[str]:
     router = metrics.get("router") or {}
     cal = router.get("calibration") or {}
     if router:
-        if cal.get("threshold") is None:
-            what = "none (never out of scope)"
+        if cal.get("threshold") is None:  # out_of_scope can still be a label learned from the examples
+            learned = OUT_OF_SCOPE in (router.get("labels") or ())
+            what = "none (out_of_scope only as a label learned from the examples)" if learned else \
+                "none (never out of scope)"
         else:
             what = f"{cal['threshold']:.3f} on {cal.get('score')}, {cal.get('source')}"
         if cal.get("source") == "cv":

@@ -12,7 +12,6 @@ re-called; embeddings of eval texts are cached on disk too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -249,7 +248,7 @@ def run_eval(
                        address=options.ray_address, concurrency=options.concurrency, stages=options.stages,
                        given=gold)
         else:
-            asyncio.run(pipeline.arun_many(emails, options.concurrency, done_one, stages=options.stages, given=gold))
+            pipeline.run_many(emails, options.concurrency, done_one, stages=options.stages, given=gold)
         baselines = baselines_done.result()  # with nothing left to run, or when they failed: raised here
     records = read_records(records_path).records
     if _fill_baselines(records, baselines) | _fill_embed_sim(records, cases, vectors):

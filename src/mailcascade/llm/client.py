@@ -135,13 +135,18 @@ class OpenAIClient:
         if sync is not None:
             sync.close()
 
-    async def aclose(self) -> None:
-        """Close the async client of the running loop, and the sync client."""
+    async def release(self) -> None:
+        """Close the async client of the running loop, before the loop ends: the SDK closes one left open when it is
+        garbage-collected, on whatever loop runs then, and prints "Event loop is closed" tracebacks."""
         loop = asyncio.get_running_loop()
         with self._lock:
             client = self._async.pop(loop, None)
         if client is not None:
             await client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop, and the sync client."""
+        await self.release()
         self.close()
 
     def __enter__(self) -> OpenAIClient:

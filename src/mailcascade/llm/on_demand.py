@@ -14,6 +14,7 @@ import threading
 from mailcascade.config import Settings
 from mailcascade.errors import LLMError
 from mailcascade.llm.base import LLM
+from mailcascade.llm.client import OpenAIClient
 from mailcascade.llm.local_server import local_server_if_needed
 from mailcascade.types import ChatRequest, ChatResponse
 
@@ -67,6 +68,11 @@ class ServerOnDemand:
     async def acomplete(self, request: ChatRequest) -> ChatResponse:
         await self.aensure()
         return await self._inner.acomplete(request)
+
+    async def release(self) -> None:
+        """Close the model client's connections of the running event loop (see `OpenAIClient.release`)."""
+        if isinstance(self._inner, OpenAIClient):
+            await self._inner.release()
 
     def close(self) -> None:
         with self._lock:
