@@ -1,15 +1,16 @@
-"""The quickstart's emails on the embedded model, before and after the one-slot change, side by side in one run.
+"""The quickstart's emails on the embedded model, before (an older revision) and after (this tree), side by side.
 
     python bench/bench_quickstart.py [--before REV] [--rounds N] [--inputs PATH...]
 
 "before" runs the code of revision REV (default: the commit before the one-slot change) from a temporary git
 worktree, with that revision's defaults: llama.cpp on 2 threads for generation and prompt evaluation, no prompt
 cache, torch on its default threads, 4 emails in flight and no limit on requests in flight (the server queues them),
-grammar bounds sent. "after" runs this tree's defaults: one slot (the client queues), 2 emails in flight, 1 llama
-thread and 1 torch thread on 2 cores, the RAM prompt cache, no grammar bounds. Each variant gets its own llama.cpp
-server on a free loopback port (started here, stopped after), a fresh store (no cached answers) and its own
-catalogue index, built before the clock starts. Prints wall times, route latency and queue percentiles, and the
-ratio after / before.
+grammar bounds sent, routing by the LLM. "after" runs this tree's defaults: one slot (the client queues), 2 emails
+in flight, 1 llama thread and 1 torch thread on 2 cores, the RAM prompt cache, no grammar bounds, and `[route]
+strategy = "auto"` (on the embedded model: the k-NN router over the shipped examples, no route call). Each variant
+gets its own llama.cpp server at the quickstart's endpoint (LOCAL_BASE_URL, which must be free; started here,
+stopped after), a fresh store (no cached answers) and its own catalogue index, built before the clock starts.
+Prints wall times, route latency and queue percentiles, and the ratio after / before.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mailcascade.config import LOCAL_MODEL, LocalServerSettings  # noqa: E402
+from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings  # noqa: E402
 from mailcascade.llm.local_server import LocalServer  # noqa: E402
 
 # llama.cpp's extra buffer types (weight repacking, AMX) crash this VM's llama-cpp-python build on any prompt of
@@ -45,16 +45,9 @@ BEFORE = "cc48b5b^"  # main just before the one-slot change
 INPUTS = ["data/sample_emails.jsonl", "data/emails"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_variant(name: str, tree: Path, server: LocalServerSettings, env_extra: dict[str, str],
                 work: Path) -> dict[str, float]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
+    base_url = LOCAL_BASE_URL  # the quickstart's own endpoint, so each tree's defaults apply as they do there
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCASCADE_")}
     env.update({
         "PYTHONPATH": str(tree / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -110,6 +103,8 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", default=INPUTS, help="what to run (default: the quickstart's)")
     args = parser.parse_args()
     INPUTS[:] = args.inputs
+    if LocalServer(LocalServerSettings(), LOCAL_BASE_URL).is_up():
+        raise SystemExit(f"a server answers at {LOCAL_BASE_URL}: stop it first (each variant starts its own there)")
     work = Path(tempfile.mkdtemp(prefix="mc-bench-qs-"))
     old = work / "before-tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT, check=True,
