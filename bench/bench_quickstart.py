@@ -6,7 +6,7 @@
 worktree, with that revision's defaults: llama.cpp on 2 threads for generation and prompt evaluation, no prompt
 cache, torch on its default threads, 4 emails in flight and no limit on requests in flight (the server queues them),
 grammar bounds sent, routing by the LLM. "after" runs this tree's defaults: one slot (the client queues), 2 emails
-in flight, 1 llama thread and 1 torch thread on 2 cores, the RAM prompt cache, no grammar bounds, and `[route]
+in flight, llama.cpp on every core and torch on half, the RAM prompt cache, no grammar bounds, and `[route]
 strategy = "auto"` (on the embedded model: the k-NN router over the shipped examples, no route call). Each variant
 gets its own llama.cpp server at the quickstart's endpoint (LOCAL_BASE_URL, which must be free; started here,
 stopped after), a fresh store (no cached answers) and its own catalogue index, built before the clock starts.

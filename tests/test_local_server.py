@@ -87,12 +87,12 @@ def test_command_line_is_accepted_by_llama_cpp_server(tmp_path: Path) -> None:
     assert (args.cache, args.cache_type, args.cache_size) == (True, "ram", 512 * 1024 * 1024)
 
 
-def test_threads_split_the_cores_between_server_and_embedder() -> None:
+def test_the_server_gets_every_core_and_the_embedder_half() -> None:
     from mailcascade.config import EmbeddingSettings, embedder_threads, server_threads
 
-    assert server_threads(LocalServerSettings(), cores=2) == (1, 1)  # 1 each on 2 cores, both running
+    assert server_threads(LocalServerSettings(), cores=2) == (2, 2)  # generation is nearly all the time
     assert embedder_threads(EmbeddingSettings(), cores=2) == 1
-    assert server_threads(LocalServerSettings(), cores=8) == (4, 4)
+    assert server_threads(LocalServerSettings(), cores=8) == (8, 8)
     assert embedder_threads(EmbeddingSettings(), cores=8) == 4
     assert server_threads(LocalServerSettings(), cores=1) == (1, 1)
     assert embedder_threads(EmbeddingSettings(), cores=1) == 1

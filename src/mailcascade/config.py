@@ -49,18 +49,19 @@ def available_cores() -> int:
 
 
 def server_threads(local: LocalServerSettings, cores: int | None = None) -> tuple[int, int]:
-    """(n_threads, n_threads_batch) for the embedded llama.cpp server: as set, or half the cores (at least 1).
+    """(n_threads, n_threads_batch) for the embedded llama.cpp server: as set, or every core.
 
-    The server and the query embedder run at the same time; threads beyond the cores make both spin against each
-    other (one query 9-12x slower, generation a tenth of its speed measured on 2 cores), so they split the cores.
+    Generation is nearly all the time the embedded model takes (the quickstart's 5 emails: 31 s on 2 threads, 46 s
+    on 1, on 2 cores); the embedder's work beside it is one short query per email (its vectors are remembered), so
+    the server does not keep cores idle for it. See `embedder_threads`.
     """
-    half = max(1, (cores or available_cores()) // 2)
-    threads = local.n_threads or half
+    threads = local.n_threads or (cores or available_cores())
     return threads, local.n_threads_batch or threads
 
 
 def embedder_threads(embedding: EmbeddingSettings, cores: int | None = None) -> int:
-    """torch threads for the embedder: as set, or the cores the embedded server leaves (at least 1)."""
+    """torch threads for the embedder: as set, or half the cores (at least 1). Never all of them: a query encoded
+    with as many threads as cores beside the busy server spins against it (9-12x slower measured on 2 cores)."""
     cores = cores or available_cores()
     return embedding.threads or max(1, cores - cores // 2)
 
@@ -120,8 +121,7 @@ class LocalServerSettings:
     model_path: str = ""  # a GGUF file to run instead of the shipped one of `model`; empty: the shipped one
     cache_dir: str = ".mailcascade/models"  # gemma3-270m's GGUF is assembled here once from its chunk packages
     n_ctx: int = 4096
-    # llama.cpp threads for generation and for prompt evaluation; 0: auto (server_threads(): half the cores, at
-    # least 1, so the query embedder, which runs beside it, keeps the other half; 1 each on 2 cores)
+    # llama.cpp threads for generation and for prompt evaluation; 0: auto (server_threads(): every core)
     n_threads: int = 0
     n_threads_batch: int = 0
     cache: bool = True  # llama.cpp prompt cache in RAM: a prompt that shares a prefix with an earlier one skips it

@@ -147,7 +147,7 @@ class LocalServer:
         return path
 
     def command(self) -> list[str]:
-        """The command line that runs the server (threads from `server_threads`: half the cores by default)."""
+        """The command line that runs the server (threads from `server_threads`: every core by default)."""
         threads, batch_threads = server_threads(self.settings)
         chat_format = CHAT_FORMATS.get(self.settings.model)
         return [
