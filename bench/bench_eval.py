@@ -122,7 +122,10 @@ def concurrency_bench(work: Path, embedder: Embedder, prompts: Path, rounds: int
     against the same server: no client in this process can beat that row. Rounds interleaved; the best time of each."""
     cases = distinct_cases(work)
     timed_eval(cases, work, "warmup", 16, embedder, prompts, work / "warm.db")  # model, index, retrieval cache
-    bodies = route_bodies(work, embedder, prompts, N_CASES)
+    with FakeServer(sensible) as server:  # only for the settings: nothing is sent
+        pipeline = Pipeline.from_config(settings=settings_for(server, work / "bodies.db", prompts), embedder=embedder)
+        bodies = route_bodies(pipeline, [Email(id=f"b{i}", subject=f"Order {i}", body=f"Where is my order {i}?")
+                                         for i in range(N_CASES)])
     runs = [("one", 1), ("cold", 16), ("cold", 64), ("from cache", 16), ("from cache", 64)]
     best: dict[tuple[str, int], tuple[float, float]] = {}
     for r in range(rounds):
@@ -155,15 +158,11 @@ def concurrency_bench(work: Path, embedder: Embedder, prompts: Path, rounds: int
     return lines
 
 
-def route_bodies(work: Path, embedder: Embedder, prompts: Path, n: int) -> list[dict[str, Any]]:
-    """The request bodies of n route calls, as the pipeline sends them."""
-    with FakeServer(sensible) as server:
-        settings = settings_for(server, work / "bodies.db", prompts)
-        pipeline = Pipeline.from_config(settings=settings, embedder=embedder)
-        kwargs = OpenAIClient(LLMSettings(base_url=server.base_url, model="fake-model"))._kwargs
-        emails = [Email(id=f"b{i}", subject=f"Order {i}", body=f"Where is my order {i}?") for i in range(n)]
-        return [kwargs(route_stage.prepare(e, pipeline.prompts["route"], settings, pipeline.policies["route"],
-                                           Budget(reask_tokens_left=0)).request()) for e in emails]
+def route_bodies(pipeline: Pipeline, emails: list[Email]) -> list[dict[str, Any]]:
+    """The request bodies of the emails' route calls, as `pipeline` sends them."""
+    kwargs = OpenAIClient(pipeline.settings.llm)._kwargs
+    return [kwargs(route_stage.prepare(e, pipeline.prompts["route"], pipeline.settings, pipeline.policies["route"],
+                                       Budget(reask_tokens_left=0)).request()) for e in emails]
 
 
 def bare_eval(bodies: list[dict[str, Any]], concurrency: int) -> float:
@@ -304,10 +303,7 @@ def overhead_bench(work: Path, embedder: Embedder, prompts: Path, n: int = 150, 
                 emails = [Email(id=f"o{r}-{i}", subject=f"Order {r}-{i}", body=f"Where is my order {r}-{i}?")
                           for i in range(n)]
                 pipeline = Pipeline.from_config(settings=settings, embedder=embedder)
-                budget = Budget(reask_tokens_left=0)
-                kwargs = OpenAIClient(LLMSettings(base_url=server.base_url, model="fake-model"))._kwargs
-                bodies = [kwargs(route_stage.prepare(e, pipeline.prompts["route"], settings,
-                                                     pipeline.policies["route"], budget).request()) for e in emails]
+                bodies = route_bodies(pipeline, emails)
 
                 async def one_round(p: Pipeline = pipeline, e: list[Email] = emails,
                                     q: list[dict[str, Any]] = bodies) -> tuple[float, float]:

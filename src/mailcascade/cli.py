@@ -488,6 +488,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_router_train(args: argparse.Namespace) -> int:
     from mailcascade.catalog import Embedder
     from mailcascade.eval.evalset import training_examples
+    from mailcascade.eval.report import num
     from mailcascade.progress import PhaseBar
     from mailcascade.router.train import TrainOptions, train
     from mailcascade.stages.embed_route import negative_texts
@@ -503,13 +504,9 @@ def cmd_router_train(args: argparse.Namespace) -> int:
     threshold = "none" if cal["threshold"] is None else f"{cal['threshold']:.3f} on {cal['score']}"
     print(f"router saved to {args.out}: {manifest['n_examples']} examples, {len(manifest['labels'])} departments, "
           f"{manifest['training']['seconds']:.0f} s; out-of-scope threshold {threshold}; cross-validated accuracy "
-          f"{_share(cal['cv_accuracy'])} (in scope {_share(cal['cv_in_scope_accuracy'])})")
+          f"{num(cal['cv_accuracy'])} (in scope {num(cal['cv_in_scope_accuracy'])})")
     print(f'use it with [route] strategy = "trained" (or "hybrid") and model_dir = "{args.out}"')
     return 0
-
-
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

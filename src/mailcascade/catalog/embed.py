@@ -196,16 +196,12 @@ class Embedder:
         model = self._load_model()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if len(texts) > 1:
-            return self._encode_batch(model, texts) if self.settings.backend == "torch" else \
-                self._encode_new(model, texts)
-        vectors = self._encode_new(model, texts)
-        vectors.setflags(write=False)
-        self._recent.put(texts[0], vectors)
-        return vectors
-
-    def _encode_batch(self, model: Any, texts: list[str]) -> np.ndarray:
-        known = [self._recent.get(t) for t in texts]
+        if len(texts) == 1:
+            vectors = self._encode_new(model, texts)
+            vectors.setflags(write=False)
+            self._recent.put(texts[0], vectors)
+            return vectors
+        known = [self._recent.get(t) for t in texts] if self.settings.backend == "torch" else [None] * len(texts)
         missing = [i for i, row in enumerate(known) if row is None]
         if len(missing) == len(texts):
             return self._encode_new(model, texts)
