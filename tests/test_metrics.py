@@ -16,6 +16,7 @@ from mailcascade.eval.metrics import (
     accuracy,
     bootstrap_ci,
     bootstrap_metric,
+    bootstrap_routing,
     drafting_case,
     drafting_metrics,
     macro_f1,
@@ -138,6 +139,23 @@ def test_routing_properties(pairs: list[tuple[str, str | None]]) -> None:
     for s in m["per_label"].values():
         for key in ("precision", "recall", "f1"):
             assert s[key] is None or 0.0 <= s[key] <= 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "out_of_scope", "unmapped"]),
+                          st.one_of(st.none(), ROUTE_LABELS, st.just("zzz"), st.just("invalid"))),
+                min_size=1, max_size=60),
+       st.booleans(), st.integers(0, 3))
+def test_bootstrap_routing_equals_the_per_replicate_metric(pairs: list[tuple[str, str | None]], oos_label: bool,
+                                                           seed: int) -> None:
+    """The vectorised intervals are bootstrap_metric's over accuracy and macro_f1: same replicates, same numbers
+    (invalid and unknown predictions, unknown gold labels, out_of_scope configured or not)."""
+    gold, pred = [g for g, _ in pairs], [p for _, p in pairs]
+    labels = ["a", "b", "c", "out_of_scope"] if oos_label else ["a", "b", "c"]
+    fast = bootstrap_routing(gold, pred, labels, n=200, seed=seed)
+    for name, fn in (("accuracy", accuracy), ("macro_f1", macro_f1)):
+        slow = bootstrap_metric(lambda g, p, f=fn: f(g, p, labels), gold, pred, n=200, seed=seed)
+        assert fast[name] == pytest.approx(slow, abs=1e-12)
 
 
 # ---------------------------------------------------------------- retrieval

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mailcascade.eval.drafting import drafting_case, drafting_metrics, rouge_l
 from mailcascade.eval.retrieval import DEFAULT_KS, first_positions, retrieval_case, retrieval_metrics
-from mailcascade.eval.routing import INVALID, accuracy, macro_f1, routing_correct, routing_metrics
+from mailcascade.eval.routing import INVALID, accuracy, bootstrap_routing, macro_f1, routing_correct, routing_metrics
 from mailcascade.eval.stats import bootstrap_ci, bootstrap_metric, mcnemar, mean_or_none, paired_bootstrap, percentiles
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "accuracy",
     "bootstrap_ci",
     "bootstrap_metric",
+    "bootstrap_routing",
     "drafting_case",
     "drafting_metrics",
     "first_positions",

@@ -13,8 +13,8 @@ from mailcascade.eval.baselines import strongest_constant
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.drafting import drafting_case, drafting_metrics
 from mailcascade.eval.retrieval import retrieval_case, retrieval_metrics
-from mailcascade.eval.routing import accuracy, macro_f1, routing_correct, routing_metrics
-from mailcascade.eval.stats import bootstrap_ci, bootstrap_metric, mean_or_none, percentiles
+from mailcascade.eval.routing import accuracy, bootstrap_routing, macro_f1, routing_correct, routing_metrics
+from mailcascade.eval.stats import bootstrap_ci, mean_or_none, percentiles
 from mailcascade.failures import outcome
 from mailcascade.record import stage_trace
 from mailcascade.types import Result
@@ -114,13 +114,13 @@ def compute_metrics(
         gold = [r["expected"]["department"] for r in routed]
         pred = [r["route"]["department"] if r["route"] else None for r in routed]
         routing = routing_metrics(gold, pred, labels)
-        routing["accuracy_ci"] = _ci(lambda g, p: accuracy(g, p, labels), gold, pred, seed=seed)
-        routing["macro_f1_ci"] = _ci(lambda g, p: macro_f1(g, p, labels), gold, pred, seed=seed)
+        cis = bootstrap_routing(gold, pred, labels, seed=seed)
+        routing["accuracy_ci"], routing["macro_f1_ci"] = list(cis["accuracy"]), list(cis["macro_f1"])
         baselines = {}
         for name in sorted({b for r in routed for b in r["baselines"]}):
             bpred = [r["baselines"].get(name) for r in routed]
             baselines[name] = {"accuracy": accuracy(gold, bpred, labels), "macro_f1": macro_f1(gold, bpred, labels),
-                               "accuracy_ci": _ci(lambda g, p: accuracy(g, p, labels), gold, bpred, seed=seed)}
+                               "accuracy_ci": list(bootstrap_routing(gold, bpred, labels, seed=seed)["accuracy"])}
         routing["baselines"] = baselines
         routing["decided_by"] = decided_by_shares(routed, labels)
         strongest = strongest_constant(baselines)
@@ -183,13 +183,6 @@ def decided_by_shares(routed: Sequence[Record], labels: Sequence[str]) -> dict[s
         out[who or "unknown"] = {"n": len(rows), "share": len(rows) / len(routed),
                                  "accuracy": accuracy(gold, pred, labels)}
     return out
-
-
-def _ci(fn: Any, gold: Sequence[str], pred: Sequence[str | None], *, seed: int) -> list[float] | None:
-    try:
-        return list(bootstrap_metric(fn, gold, pred, seed=seed))
-    except ValueError:
-        return None
 
 
 def validator_funnel(records: Sequence[Record]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def _check_alpha(alpha: float, n: int) -> None:
         raise ValueError(f"n (bootstrap replicates) must be at least 1, got {n}")
 
 
-def _index_chunks(size: int, n: int, seed: int) -> Iterator[np.ndarray]:
+def resample_indices(size: int, n: int, seed: int) -> Iterator[np.ndarray]:
     """n rows of `size` indices drawn with replacement, yielded in memory-bounded chunks."""
     rng = np.random.default_rng(seed)
     rows = max(1, _CHUNK_VALUES // max(size, 1))
@@ -47,7 +47,7 @@ def _index_chunks(size: int, n: int, seed: int) -> Iterator[np.ndarray]:
         done += take
 
 
-def _interval(replicates: np.ndarray, point: float, alpha: float) -> tuple[float, float]:
+def percentile_interval(replicates: np.ndarray, point: float, alpha: float) -> tuple[float, float]:
     """Percentile interval, widened to include the point estimate (only float rounding can put it outside)."""
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
     return min(float(low), point), max(float(high), point)
@@ -61,8 +61,8 @@ def bootstrap_ci(
     values = np.asarray(per_case, dtype=np.float64)
     if values.size == 0:
         raise ValueError("bootstrap_ci needs at least one value")
-    means = np.concatenate([values[idx].mean(axis=1) for idx in _index_chunks(values.size, n, seed)])
-    return _interval(means, float(values.mean()), alpha)
+    means = np.concatenate([values[idx].mean(axis=1) for idx in resample_indices(values.size, n, seed)])
+    return percentile_interval(means, float(values.mean()), alpha)
 
 
 def bootstrap_metric(
@@ -91,14 +91,14 @@ def bootstrap_metric(
     if point is None:
         raise ValueError("the metric is undefined on the full data")
     found: list[float] = []
-    for chunk in _index_chunks(size, n, seed):
+    for chunk in resample_indices(size, n, seed):
         for idx in chunk:
             value = fn(*[[c[i] for i in idx] for c in columns])
             if value is not None:
                 found.append(float(value))
     if not found:
         raise ValueError("the metric is undefined on every bootstrap replicate")
-    return _interval(np.asarray(found), float(point), alpha)
+    return percentile_interval(np.asarray(found), float(point), alpha)
 
 
 def paired_bootstrap(
@@ -117,8 +117,8 @@ def paired_bootstrap(
         raise ValueError("paired_bootstrap needs at least one case")
     diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     delta = float(diff.mean())
-    means = np.concatenate([diff[idx].mean(axis=1) for idx in _index_chunks(diff.size, n, seed)])
-    low, high = _interval(means, delta, alpha)
+    means = np.concatenate([diff[idx].mean(axis=1) for idx in resample_indices(diff.size, n, seed)])
+    low, high = percentile_interval(means, delta, alpha)
     # a tolerance so that identical runs (all differences 0) count every replicate as extreme: p = 1
     extreme = int(np.sum(np.abs(means - delta) >= abs(delta) - 1e-12))
     return {"delta": delta, "ci_low": low, "ci_high": high, "p_value": (1 + extreme) / (n + 1)}
