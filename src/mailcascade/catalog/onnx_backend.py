@@ -3,8 +3,11 @@
 The export reads the local model (offline), traces its transformer with torch, quantises the weights to int8
 (onnxruntime's dynamic quantisation) and writes the result with the tokenizer and pooling configuration into a
 folder of the cache directory, atomically; later loads only read that folder. Encoding is what sentence-transformers
-does for a Transformer -> Pooling (mean or CLS) -> Normalize model: tokenise (truncated to max_seq_length, padded
-to the longest text of a batch), run, pool over the attention mask, L2-normalise.
+does for a Transformer -> Pooling (mean or CLS) -> Normalize model: tokenise (truncated to max_seq_length), run,
+pool, L2-normalise; one text at a time. Dynamic quantisation scales activations over the whole input, so in a padded
+batch a text's vector depends on its batch-mates (cosine down to 0.95 on ePQA passages); alone, each text has one
+vector, closer to torch's (mean cosine 0.993 against 0.992 batched, minimum 0.974 against 0.964), and onnxruntime
+runs single texts as fast or faster per text here (ePQA passages: 311-322 against 137-154 a second in batches of 64).
 """
 
 from __future__ import annotations
@@ -150,8 +153,7 @@ class OnnxModel:
             if (root / "sentence_bert_config.json").is_file() else {}
         self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=int(config.get("max_seq_length", 256)))
-        pad = self.tokenizer.padding or {}
-        self.tokenizer.enable_padding(pad_id=int(pad.get("pad_id", 0)), pad_token=str(pad.get("pad_token", "[PAD]")))
+        self.tokenizer.no_padding()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -162,27 +164,21 @@ class OnnxModel:
     def get_sentence_embedding_dimension(self) -> int:
         return self.dim
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        """Texts sorted by length and run in batches (less padding), returned in input order."""
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """One row per text, each text run alone (see the module docstring)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), max(1, batch_size)):
-            chunk = order[start:start + batch_size]
-            out[chunk] = self._batch([texts[i] for i in chunk])
+        for i, text in enumerate(texts):
+            out[i] = self._one(text)
         return out
 
-    def _batch(self, texts: list[str]) -> np.ndarray:
-        encoded = self.tokenizer.encode_batch(texts)
-        feeds = {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
-                 "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
-                 "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64)}
+    def _one(self, text: str) -> np.ndarray:
+        encoded = self.tokenizer.encode(text)
+        feeds = {"input_ids": np.array([encoded.ids], dtype=np.int64),
+                 "attention_mask": np.array([encoded.attention_mask], dtype=np.int64),
+                 "token_type_ids": np.array([encoded.type_ids], dtype=np.int64)}
         hidden: np.ndarray = self.session.run(None, {k: v for k, v in feeds.items() if k in self.inputs})[0]
-        if self.pooling.get("pooling_mode_mean_tokens"):
-            mask = feeds["attention_mask"][:, :, None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-        else:
-            pooled = hidden[:, 0]
+        pooled = hidden[0].mean(axis=0) if self.pooling.get("pooling_mode_mean_tokens") else hidden[0, 0]
         out: np.ndarray = np.asarray(pooled, dtype=np.float32)
         if self.normalize:
-            out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+            out /= max(float(np.linalg.norm(out)), 1e-12)
         return out
