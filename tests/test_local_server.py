@@ -100,6 +100,23 @@ def test_the_server_gets_every_core_and_the_embedder_half() -> None:
     assert embedder_threads(EmbeddingSettings(threads=2), cores=2) == 2
 
 
+def test_the_prompt_cache_is_kept_only_when_routes_and_drafts_alternate() -> None:
+    """llama.cpp's RAM cache pays when two prompts alternate (LLM routing); with a router that does not call the
+    model every call is a draft, and the cache's per-call state copy is pure cost."""
+    from mailcascade.config import RouteSettings
+    from mailcascade.llm.local_server import prompt_cache_for
+
+    def server_for(strategy: str, cache: bool = True) -> LocalServerSettings:
+        settings = Settings().replace(route=RouteSettings(strategy=strategy),  # type: ignore[arg-type]
+                                      local_server=LocalServerSettings(cache=cache))
+        return prompt_cache_for(settings.resolved())
+
+    assert server_for("llm").cache and server_for("hybrid").cache
+    assert not server_for("embedding").cache and not server_for("trained").cache
+    assert not server_for("auto").cache  # the embedded model: auto routes with the k-NN router
+    assert not server_for("llm", cache=False).cache  # off by hand stays off
+
+
 def test_is_up(fake_server: FakeServer) -> None:
     assert LocalServer(LocalServerSettings(), fake_server.base_url).is_up()
     assert [r.path for r in fake_server.requests] == ["/v1/models"]

@@ -124,7 +124,9 @@ class LocalServerSettings:
     # llama.cpp threads for generation and for prompt evaluation; 0: auto (server_threads(): every core)
     n_threads: int = 0
     n_threads_batch: int = 0
-    cache: bool = True  # llama.cpp prompt cache in RAM: a prompt that shares a prefix with an earlier one skips it
+    # llama.cpp prompt cache in RAM (a prompt sharing a prefix with an earlier one skips it); kept only when the model
+    # routes too (route and draft prompts alternate): see local_server.prompt_cache_for
+    cache: bool = True
     cache_size_mb: int = 512
     startup_timeout_s: float = 120.0
 
