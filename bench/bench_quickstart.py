@@ -6,8 +6,9 @@
 worktree, with that revision's defaults: llama.cpp on 2 threads for generation and prompt evaluation, no prompt
 cache, torch on its default threads, 4 emails in flight and no limit on requests in flight (the server queues them),
 grammar bounds sent, routing by the LLM. "after" runs this tree's defaults: one slot (the client queues), 2 emails
-in flight, llama.cpp on every core and torch on half, the RAM prompt cache, no grammar bounds, and `[route]
-strategy = "auto"` (on the embedded model: the k-NN router over the shipped examples, no route call). Each variant
+in flight, llama.cpp on every core and torch on half, no grammar bounds, and `[route]
+strategy = "auto"` (on the embedded model: the k-NN router over the shipped examples, no route call, so no RAM
+prompt cache: see `prompt_cache_for`). Each variant
 gets its own llama.cpp server at the quickstart's endpoint (LOCAL_BASE_URL, which must be free; started here,
 stopped after), a fresh store (no cached answers) and its own catalogue index, built before the clock starts.
 Prints wall times, route latency and queue percentiles, and the ratio after / before.
@@ -30,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings  # noqa: E402
-from mailcascade.llm.local_server import LocalServer  # noqa: E402
+from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings, Settings  # noqa: E402
+from mailcascade.llm.local_server import LocalServer, prompt_cache_for  # noqa: E402
 
 # llama.cpp's extra buffer types (weight repacking, AMX) crash this VM's llama-cpp-python build on any prompt of
 # more than one token (segfault in decode): BENCH_NO_EXTRA_BUFTS=1 starts the same server with them off, for both.
@@ -112,11 +113,12 @@ def main() -> None:
     before_server = LocalServerSettings(n_threads=2, n_threads_batch=2, cache=False)  # the old command line
     before_env = {"MAILCASCADE_CONCURRENCY": "4"}  # old defaults otherwise (torch threads: torch's own)
     after_env = {"MAILCASCADE_LLM__MAX_IN_FLIGHT": "1"}  # what the embedded base URL gets by default
+    after_server = prompt_cache_for(Settings().resolved())  # as the pipeline starts it (no RAM cache: k-NN routing)
     results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     try:
         for n in range(args.rounds):
             results["before"].append(run_variant(f"before{n}", old, before_server, before_env, work))
-            results["after"].append(run_variant(f"after{n}", ROOT, LocalServerSettings(), after_env, work))
+            results["after"].append(run_variant(f"after{n}", ROOT, after_server, after_env, work))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
