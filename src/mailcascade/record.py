@@ -67,6 +67,8 @@ class ResultRecord(_Record):
     confidence: float | None = None
     route_reason: str | None = None
     decided_by: str | None = _optional("who routed: router (embedding or trained) or llm")
+    oos_score: float | None = _optional("a router with an out-of-scope threshold: the score it compared with it")
+    before_threshold: str | None = _optional("that router's first-ranked department before the threshold applied")
     hits: list[HitRecord] = Field(default_factory=list)
     draft: str | None = None
     cited_product_ids: list[str] = Field(default_factory=list)
@@ -108,6 +110,8 @@ def result_record(result: Result) -> ResultRecord:
         confidence=route.confidence if route else None,
         route_reason=route.reason if route else None,
         decided_by=(route.decided_by or None) if route else None,
+        oos_score=route.oos_score if route else None,
+        before_threshold=route.before_threshold if route else None,
         hits=[hit_record(h) for h in result.hits],
         draft=draft.reply if draft else None,
         cited_product_ids=list(draft.product_ids) if draft else [],

@@ -96,6 +96,10 @@ class RouteDecision:
     confidence: float
     reason: str = ""
     decided_by: str = ""  # "router" (embedding/trained) or "llm"; empty when given or from an older record
+    # a router with an out-of-scope threshold (embedding, trained): the score it compares with the threshold and
+    # the department it ranks first before the threshold applies (None from the LLM, a given label or old records)
+    oos_score: float | None = None
+    before_threshold: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 from mailcascade.eval.baselines import strongest_constant
 from mailcascade.eval.cases import EvalCase
 from mailcascade.eval.drafting import drafting_case, drafting_metrics
+from mailcascade.eval.oos import threshold_analysis
 from mailcascade.eval.retrieval import retrieval_case, retrieval_metrics
 from mailcascade.eval.routing import accuracy, bootstrap_routing, macro_f1, routing_correct, routing_metrics
 from mailcascade.eval.stats import bootstrap_ci, mean_or_none, percentiles
@@ -60,7 +61,9 @@ def case_record(
         "status": result.status,
         "error": result.error,
         "route": ({"department": result.route.department, "confidence": result.route.confidence,
-                   "reason": result.route.reason, "decided_by": result.route.decided_by} if result.route else None),
+                   "reason": result.route.reason, "decided_by": result.route.decided_by,
+                   "oos_score": result.route.oos_score, "before_threshold": result.route.before_threshold}
+                  if result.route else None),
         "retrieved": [{"product_id": h.product_id, "passage_id": h.passage_id, "score": round(h.score, 6)}
                       for h in result.hits],
         "draft": ({"reply": result.draft.reply, "cited": list(result.draft.product_ids)} if result.draft else None),
@@ -123,6 +126,10 @@ def compute_metrics(
                                "accuracy_ci": list(bootstrap_routing(gold, bpred, labels, seed=seed)["accuracy"])}
         routing["baselines"] = baselines
         routing["decided_by"] = decided_by_shares(routed, labels)
+        routes = [r["route"] or {} for r in routed]
+        if all(route.get("oos_score") is not None and route.get("before_threshold") for route in routes):
+            routing["oos_threshold"] = threshold_analysis(gold, pred, [route["before_threshold"] for route in routes],
+                                                          [route["oos_score"] for route in routes], labels)
         strongest = strongest_constant(baselines)
         if strongest is not None:
             routing["majority_baseline"] = {"name": strongest[0], "accuracy": strongest[1]}

@@ -215,7 +215,8 @@ def routing_section(routing: Mapping[str, Any]) -> str:
     if routing.get("unknown_gold_labels"):
         text += f" Gold labels not configured: {', '.join(routing['unknown_gold_labels'])}."
     body = (note(text + " Rows: gold; columns: predicted; colour: share of the row.") + chart
-            + table(["department", "precision", "recall", "F1", "support", "predicted"], per))
+            + table(["department", "precision", "recall", "F1", "support", "predicted"], per)
+            + threshold_html(routing.get("oos_threshold") or {}))
     return section("routing", "Routing", body)
 
 
@@ -465,11 +466,37 @@ def router_lines(metrics: Mapping[str, Any]) -> list[str]:
             what += (f" on the router's examples only ({cal.get('folds')} label-held-out folds; CV accuracy "
                      f"{num(cal.get('cv_accuracy'))}, in scope {num(cal.get('cv_in_scope_accuracy'))})")
         lines += ["", f"router {router.get('name')}: out-of-scope threshold {what}"]
+    lines += threshold_lines((metrics.get("routing") or {}).get("oos_threshold") or {})
     shares = (metrics.get("routing") or {}).get("decided_by") or {}
     if len(shares) > 1 or "llm" in shares:
         lines.append("decided by: " + "; ".join(f"{who} {s['share']:.1%} of cases (accuracy {num(s['accuracy'])})"
                                                 for who, s in shares.items()))
     return lines
+
+
+def threshold_lines(analysis: Mapping[str, Any]) -> list[str]:
+    """What the out-of-scope threshold cost on this eval set (see `mailcascade.eval.oos`)."""
+    if not analysis:
+        return []
+    e, best = analysis["errors"], analysis["eval_best"]
+    where = "none" if best.get("threshold") is None else f"{best['threshold']:.3f}"
+    return [f"threshold errors: {e['in_scope_rejected']} in-scope cases rejected that the router had right "
+            f"(+{e['in_scope_rejected_wrong_anyway']} it had wrong anyway), {e['out_of_scope_accepted']} out-of-scope "
+            f"cases let through; {e['wrong_department']} wrong departments",
+            f"accuracy {num(analysis['accuracy'])} as routed, {num(analysis['no_threshold_accuracy'])} with no "
+            f"threshold, {num(best['accuracy'])} with the best threshold for this eval set ({where}: out-of-scope "
+            f"recall {num(best.get('out_of_scope_recall'))}, in scope {num(best.get('in_scope_accuracy'))}); a "
+            "ceiling chosen on these very cases, not a setting to copy"]
+
+
+def threshold_html(analysis: Mapping[str, Any]) -> str:
+    """The accuracy-against-threshold curve of the eval set, under the routing section."""
+    curve = analysis.get("curve") or []
+    if not curve:
+        return ""
+    return "<h3>Out-of-scope threshold</h3>" + svg.line_chart(
+        [("accuracy", [(float(t), float(a)) for t, a in curve])], title="Accuracy against the out-of-scope threshold",
+        x_label="threshold on the router's score", y_label="accuracy", y_range=None)
 
 
 def format_summary(metrics: Mapping[str, Any]) -> str:

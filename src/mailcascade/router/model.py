@@ -164,9 +164,11 @@ class TrainedRouter:
                 sure = min(1.0, max(0.0, (threshold - float(s)) / max(threshold, 1e-6)))
                 out.append(RouteDecision(OUT_OF_SCOPE, round(sure, 6),
                                          f"trained: {self.calibration.score} {float(s):.2f} below the out-of-scope "
-                                         f"threshold {threshold:.2f} (best in scope: {label}, p={p:.2f})", "router"))
+                                         f"threshold {threshold:.2f} (best in scope: {label}, p={p:.2f})", "router",
+                                         oos_score=round(float(s), 6), before_threshold=label))
             else:
-                out.append(RouteDecision(label, round(p, 6), f"trained: {label} p={p:.2f}", "router"))
+                out.append(RouteDecision(label, round(p, 6), f"trained: {label} p={p:.2f}", "router",
+                                         oos_score=round(float(s), 6), before_threshold=label))
         return out
 
     def shortlist(self, texts: Sequence[str], n: int, examples: int = 2) -> list[list[Candidate]]:

@@ -254,11 +254,6 @@ class EmbeddingRouter:
 
     def _decide(self, sims: np.ndarray) -> RouteDecision:
         top = float(sims.max())
-        if self.min_similarity is not None and top < self.min_similarity:
-            best = int(sims.argmax())
-            return RouteDecision(department=OUT_OF_SCOPE, confidence=round(1.0 - max(top, 0.0), 6),
-                                 reason=f"k-NN: nearest example '{_snippet(self.texts[best])}' has similarity "
-                                        f"{top:.2f}, below the out-of-scope threshold {self.min_similarity:.2f}")
         k = min(self.k, sims.shape[0])
         kth = np.partition(sims, sims.shape[0] - k)[sims.shape[0] - k]  # the k-th largest similarity
         candidates = np.flatnonzero(sims >= kth)  # every example tied at the boundary too
@@ -275,11 +270,19 @@ class EmbeddingRouter:
             total = float(k)
         rank = {label: pos for pos, label in enumerate(nearest)}  # labels in order of their nearest neighbour
         winner = max(weights, key=lambda label: (weights[label], -rank[label]))
+        score = round(top, 6)
+        if self.min_similarity is not None and top < self.min_similarity:
+            best = int(sims.argmax())
+            return RouteDecision(department=OUT_OF_SCOPE, confidence=round(1.0 - max(top, 0.0), 6),
+                                 reason=f"k-NN: nearest example '{_snippet(self.texts[best])}' has similarity "
+                                        f"{top:.2f}, below the out-of-scope threshold {self.min_similarity:.2f}",
+                                 oos_score=score, before_threshold=winner)
         share = weights[winner] / total
         best = nearest[winner]
         reason = (f"k-NN: nearest example '{_snippet(self.texts[best])}' ({winner}, sim {float(sims[best]):.2f}); "
                   f"{winner} has {share:.0%} of the vote of {k} neighbour{'s' if k > 1 else ''}")
-        return RouteDecision(department=winner, confidence=round(share, 6), reason=reason)
+        return RouteDecision(department=winner, confidence=round(share, 6), reason=reason, oos_score=score,
+                             before_threshold=winner)
 
     def route(self, email: Email, max_chars: int = 2000) -> RouteDecision:
         """The decision for one email (subject and body)."""
