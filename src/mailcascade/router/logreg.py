@@ -28,18 +28,23 @@ class LogisticRegression:
         x = _unit(vectors)
         y = np.zeros((x.shape[0], len(self.classes)), dtype=np.float64)
         y[np.arange(x.shape[0]), [index[label] for label in labels]] = 1.0
-        w = np.zeros((x.shape[1], len(self.classes)))
+        # Gradient descent from W = 0 keeps W in the row space of x (every gradient is x.T @ something plus a
+        # multiple of W), so with fewer rows than dimensions it runs on W = x.T @ a: logits x @ W = (x @ x.T) @ a,
+        # the same iterates with an n x n product per step instead of two n x d ones.
+        gram = x.shape[0] < x.shape[1]
+        k = x @ x.T if gram else x
+        w = np.zeros((k.shape[1], len(self.classes)))
         b = np.zeros(len(self.classes))
         vw, vb = np.zeros_like(w), np.zeros_like(b)
         n = x.shape[0]
         for _ in range(steps if len(self.classes) > 1 else 0):
             lw, lb = w + 0.9 * vw, b + 0.9 * vb  # look-ahead point (Nesterov)
-            p = _softmax(x @ lw + lb)
-            gw = x.T @ (p - y) / n + l2 * lw
+            p = _softmax(k @ lw + lb)
+            gw = ((p - y) / n if gram else x.T @ (p - y) / n) + l2 * lw
             gb = (p - y).mean(axis=0)
             vw, vb = 0.9 * vw - lr * gw, 0.9 * vb - lr * gb
             w, b = w + vw, b + vb
-        self.w, self.b = w, b
+        self.w, self.b = (x.T @ w if gram else w), b
 
     def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
         return _softmax(_unit(vectors) @ self.w + self.b)
