@@ -17,6 +17,7 @@ from mailcascade.llm import OpenAIClient
 from mailcascade.pipeline import Given, Pipeline
 from mailcascade.prompts import load_prompts
 from mailcascade.record import record_dict
+from mailcascade.stages.retrieve import search
 from mailcascade.store import Store
 from mailcascade.types import Email, Hit
 
@@ -265,3 +266,63 @@ def test_run_many_closes_its_model_connections_before_its_event_loop_ends(  # ty
             asyncio.run(drop_the_pipeline_on_another_loop())
             gc.collect()
     assert not [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+
+class _WatchedSearcher:
+    """The index, noting when it is searched and with which query; optionally failing."""
+
+    def __init__(self, index, fail: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self.index, self.fail = index, fail
+        self.searched = threading.Event()
+        self.queries: list[str] = []
+
+    @property
+    def name(self) -> str:
+        return str(self.index.name)
+
+    def search(self, query: str, k: int) -> list[Hit]:
+        self.queries.append(query)
+        self.searched.set()
+        if self.fail:
+            raise RuntimeError("the index is broken")
+        return list(self.index.search(query, k))
+
+
+def _route_waits_for(searcher: _WatchedSearcher, seen: list[bool]):  # type: ignore[no-untyped-def]
+    """A model whose route answer waits (up to 2 s) for the retrieval search, noting whether it came first."""
+    def respond(body: dict[str, object]):  # type: ignore[no-untyped-def]
+        if stage_of(body) == "route":
+            seen.append(searcher.searched.wait(2.0))
+        return sensible(body)
+    return respond
+
+
+def test_retrieval_runs_alongside_the_model_route_call(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    searcher, seen = _WatchedSearcher(index), []
+    with FakeServer(_route_waits_for(searcher, seen)) as server:
+        result = make_pipeline(server, tmp_path, searcher).run(EMAIL)
+    assert seen == [True]  # the search came while the route call was still waiting on the model
+    assert result.status == "ok" and result.department == "returns"
+    assert [s.stage for s in result.stages] == ["route", "retrieve", "draft"]
+    assert set(searcher.queries) == {f"{EMAIL.subject}\n{EMAIL.body}"}  # the query without the route
+    assert result.hits == tuple(search(index, searcher.queries[0], Settings().retrieval))
+    assert result.draft is not None and result.draft.product_ids == (result.hits[0].product_id,)
+
+
+def test_a_query_that_names_the_route_waits_for_it(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    searcher, seen = _WatchedSearcher(index), []
+    with FakeServer(_route_waits_for(searcher, seen)) as server:
+        base = make_pipeline(server, tmp_path, searcher)
+        settings = base.settings.replace(retrieval=base.settings.retrieval.__class__(include_route_in_query=True))
+        result = Pipeline(settings, base.llm, base.prompts, store=None, index=searcher, embedder=None).run(EMAIL)
+    assert seen == [False] and result.status == "ok"
+    assert set(searcher.queries) == {f"returns\n{EMAIL.subject}\n{EMAIL.body}"}
+
+
+def test_a_failed_early_retrieval_is_the_emails_failure_record(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
+    searcher = _WatchedSearcher(index, fail=True)
+    with FakeServer(sensible) as server:
+        other = Email(id="e2", subject="Where is my order", body="It is late.")
+        results = make_pipeline(server, tmp_path, searcher).run_many([EMAIL, other])
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert all("the index is broken" in r.error for r in results)

@@ -283,6 +283,27 @@ class Pipeline:
     async def _cascade(self, work: _Work, stages: Sequence[str], given: Given) -> tuple[
         StageOutput[RouteDecision], StageOutput[tuple[Hit, ...]], StageOutput[Draft] | None
     ]:
+        email = work.email
+        early = self._retrieve_early(email, stages)
+        try:
+            return await self._stages(work, stages, given, early)
+        finally:
+            if early is not None:
+                _drop(early)
+
+    def _retrieve_early(self, email: Email, stages: Sequence[str]) -> asyncio.Task[StageOutput[tuple[Hit, ...]]] | None:
+        """Retrieval started alongside the route call when its query does not depend on the route and the route is
+        the model's (a router embeds the same text itself, and its vector is then reused): the query's embedding
+        and search take CPU while the route call waits on the model."""
+        if ("route" not in stages or "retrieve" not in stages or self._uses_router
+                or self.settings.retrieval.include_route_in_query):
+            return None
+        return asyncio.create_task(asyncio.to_thread(self._retrieve, email, None))
+
+    async def _stages(self, work: _Work, stages: Sequence[str], given: Given,
+                      early: asyncio.Task[StageOutput[tuple[Hit, ...]]] | None) -> tuple[
+        StageOutput[RouteDecision], StageOutput[tuple[Hit, ...]], StageOutput[Draft] | None
+    ]:
         email, budget = work.email, self._budget()
         if "route" in stages:
             router = self._router or (await asyncio.to_thread(lambda: self.router) if self._uses_router else None)
@@ -296,7 +317,9 @@ class Pipeline:
         else:
             routed = _given_route(given)
         if "retrieve" in stages:
-            retrieved = await self._stage(work, "retrieve", lambda: asyncio.to_thread(self._retrieve, email, routed))
+            department = routed.value.department if routed.value else None
+            retrieved = await self._stage(work, "retrieve", lambda: early or asyncio.to_thread(
+                self._retrieve, email, department))
         else:
             retrieved = _given_hits(given)
         drafted = None
@@ -423,8 +446,7 @@ class Pipeline:
     def _budget(self) -> Budget:
         return Budget(reask_tokens_left=self.settings.validation.max_reask_tokens)
 
-    def _retrieve(self, email: Email, routed: StageOutput[RouteDecision]) -> StageOutput[tuple[Hit, ...]]:
-        department = routed.value.department if routed.value else None
+    def _retrieve(self, email: Email, department: str | None) -> StageOutput[tuple[Hit, ...]]:
         return retrieve_stage.retrieve(email, department, self.index, self.settings.retrieval,
                                        self.settings.input.max_prompt_chars)
 
@@ -506,6 +528,14 @@ def _given_route(given: Given) -> StageOutput[RouteDecision]:
         return StageOutput(value=None, record=StageRecord(stage="route", status="skipped"))
     return StageOutput(value=RouteDecision(given.department, 1.0, "given"),
                        record=StageRecord(stage="route", status="given"))
+
+
+def _drop(task: asyncio.Task[Any]) -> None:
+    """A task whose result is no longer wanted: cancelled if still running, its exception (if any) retrieved."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
 
 
 def _given_hits(given: Given) -> StageOutput[tuple[Hit, ...]]:
