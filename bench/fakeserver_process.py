@@ -4,6 +4,7 @@ A real model server is another process; run in the benchmark's own process, the 
 would compete with the pipeline for the GIL (at 64 in flight that is most of what the process does).
 
     python bench/fakeserver_process.py --latency 0.3     # prints the port, serves until SIGTERM or SIGINT
+                                                          # (or, with --parent PID, until that process is gone)
 
     with ServerProcess(latency_s=0.3) as server:
         server.base_url                                   # http://127.0.0.1:PORT/v1
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -31,8 +33,9 @@ class ServerProcess:
         self._port = 0
 
     def __enter__(self) -> ServerProcess:
-        self._proc = subprocess.Popen([sys.executable, __file__, "--latency", str(self.latency_s)],
-                                      stdout=subprocess.PIPE, text=True)
+        # --parent: a benchmark killed before its `with` block ends (SIGTERM, SIGKILL) leaves no server behind
+        self._proc = subprocess.Popen([sys.executable, __file__, "--latency", str(self.latency_s),
+                                       "--parent", str(os.getpid())], stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line.strip().isdigit():
@@ -95,14 +98,23 @@ async def serve(latency_s: float, stop: asyncio.Event) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added before every reply")
+    parser.add_argument("--parent", type=int, help="stop when the process with this id is no longer this one's parent")
     args = parser.parse_args()
+
+    async def orphaned(stop: asyncio.Event) -> None:
+        while os.getppid() == args.parent:  # a dead parent's children are handed to another process
+            await asyncio.sleep(0.5)
+        stop.set()
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        watch = asyncio.create_task(orphaned(stop)) if args.parent is not None else None
         await serve(args.latency, stop)
+        if watch is not None:
+            watch.cancel()
 
     asyncio.run(run())
 
