@@ -35,7 +35,7 @@ from mailcascade.catalog import Embedder  # noqa: E402
 from mailcascade.eval.evalset import training_examples  # noqa: E402
 from mailcascade.router.calibrate import Scored, label_folds, summarise  # noqa: E402
 from mailcascade.router.model import Head  # noqa: E402
-from mailcascade.router.train import TrainOptions, encode, fine_tune, torch_threads  # noqa: E402
+from mailcascade.router.train import TrainOptions, encode_fold, torch_threads  # noqa: E402
 
 
 def shrunk_precision(residuals: np.ndarray) -> np.ndarray:
@@ -50,9 +50,9 @@ def shrunk_precision(residuals: np.ndarray) -> np.ndarray:
     return precision
 
 
-def all_scores(head: Head, train_vectors: np.ndarray, train_labels: list[str],
+def all_scores(head: Head, proba: np.ndarray, train_vectors: np.ndarray, train_labels: list[str],
                vectors: np.ndarray) -> dict[str, np.ndarray]:
-    proba = head.proba(vectors)
+    """Every score for the rows of `vectors` (`proba`: the head's probabilities for them)."""
     logits = vectors @ head.w + head.b
     top = logits.max(axis=1, keepdims=True)
     ranked = np.sort(proba, axis=1)
@@ -85,19 +85,14 @@ def cross_validated(evalset: str, seed: int, data_dir: str | None) -> dict[str, 
     items: dict[str, list[Scored]] = {}
     with torch_threads(options.threads):
         for fold in plan:
-            train = list(fold.train)
-            train_labels = [labels[i] for i in train]
-            model = fine_tune(location, [texts[i] for i in train], train_labels, options, lambda: None)
-            train_vectors = encode(model, [texts[i] for i in train])
-            head = Head.fit(train_vectors, train_labels)
-            tests = [*fold.test, *fold.held_out]
-            held = set(fold.held_out)
-            vectors = encode(model, [texts[i] for i in tests])
-            predicted = [head.classes[j] for j in head.proba(vectors).argmax(axis=1)]
-            for kind, values in all_scores(head, train_vectors, train_labels, vectors).items():
+            enc = encode_fold(fold, location, texts, labels, options, lambda: None)
+            train_labels = [labels[i] for i in fold.train]
+            proba = enc.head.proba(enc.vectors)
+            predicted = [enc.head.classes[j] for j in proba.argmax(axis=1)]
+            for kind, values in all_scores(enc.head, proba, enc.train_vectors, train_labels, enc.vectors).items():
                 items.setdefault(kind, []).extend(
-                    Scored(float(v), p == labels[i] and i not in held, i in held)
-                    for i, p, v in zip(tests, predicted, values, strict=True))
+                    Scored(float(v), p == labels[i] and i not in enc.held, i in enc.held)
+                    for i, p, v in zip(enc.tests, predicted, values, strict=True))
     out = {}
     for kind, scored in items.items():
         c = summarise(scored, folds=len(plan), negatives=0, score=kind)

@@ -159,23 +159,41 @@ def cross_validate(location: str, texts: Sequence[str], labels: Sequence[str], n
     return max(results, key=lambda c: (c.cv_accuracy or 0.0, c.score == "similarity"))
 
 
-def _score_fold(fold: Fold, location: str, texts: Sequence[str], labels: Sequence[str], negatives: Sequence[str],
-                options: TrainOptions, tick: Callable[[], None], items: dict[str, list[Scored]]) -> None:
+@dataclass(frozen=True)
+class FoldEncoding:
+    """One calibration fold's router, fitted on the fold's training part, and its test items encoded by it."""
+
+    head: Head
+    train_vectors: np.ndarray
+    tests: list[int]  # example positions: the in-scope test examples, then the held-out labels' examples
+    held: set[int]  # the positions that play out of scope
+    vectors: np.ndarray  # the tests' vectors, in that order
+    model: Any  # the fold's fine-tuned encoder
+
+
+def encode_fold(fold: Fold, location: str, texts: Sequence[str], labels: Sequence[str], options: TrainOptions,
+                tick: Callable[[], None]) -> FoldEncoding:
+    """Fine-tune an encoder on `fold.train` (the `router train` recipe), fit its head and encode the fold's tests."""
     train = list(fold.train)
     model = fine_tune(location, [texts[i] for i in train], [labels[i] for i in train], options, tick)
     train_vectors = encode(model, [texts[i] for i in train])
     head = Head.fit(train_vectors, [labels[i] for i in train])
     tests = [*fold.test, *fold.held_out]
-    held = set(fold.held_out)
-    vectors = encode(model, [texts[i] for i in tests])
-    negative_vectors = encode(model, negatives)
+    return FoldEncoding(head, train_vectors, tests, set(fold.held_out), encode(model, [texts[i] for i in tests]),
+                        model)
+
+
+def _score_fold(fold: Fold, location: str, texts: Sequence[str], labels: Sequence[str], negatives: Sequence[str],
+                options: TrainOptions, tick: Callable[[], None], items: dict[str, list[Scored]]) -> None:
+    enc = encode_fold(fold, location, texts, labels, options, tick)
+    negative_vectors = encode(enc.model, negatives)
     for kind in items:
-        proba, score = scores(head, vectors, train_vectors, kind)
-        for i, row, s in zip(tests, proba, score, strict=True):
-            right = head.classes[int(row.argmax())] == labels[i] and i not in held
-            items[kind].append(Scored(float(s), right, i in held))
+        proba, score = scores(enc.head, enc.vectors, enc.train_vectors, kind)
+        for i, row, s in zip(enc.tests, proba, score, strict=True):
+            right = enc.head.classes[int(row.argmax())] == labels[i] and i not in enc.held
+            items[kind].append(Scored(float(s), right, i in enc.held))
         if len(negatives):
-            _, neg = scores(head, negative_vectors, train_vectors, kind)
+            _, neg = scores(enc.head, negative_vectors, enc.train_vectors, kind)
             items[kind].extend(Scored(float(s), False, True) for s in neg)
 
 
