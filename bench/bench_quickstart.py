@@ -1,6 +1,6 @@
 """The quickstart's emails on the embedded model, before (an older revision) and after (this tree), side by side.
 
-    python bench/bench_quickstart.py [--before REV] [--rounds N] [--inputs PATH...]
+    python bench/bench_quickstart.py [--before REV] [--rounds N] [--inputs PATH...] [--variant KEY=VALUE,...]
 
 "before" runs the code of revision REV (default: the commit before the one-slot change) from a temporary git
 worktree, with that revision's defaults: llama.cpp on 2 threads for generation and prompt evaluation, no prompt
@@ -11,12 +11,15 @@ strategy = "auto"` (on the embedded model: the k-NN router over the shipped exam
 prompt cache: see `prompt_cache_for`). Each variant
 gets its own llama.cpp server at the quickstart's endpoint (LOCAL_BASE_URL, which must be free; started here,
 stopped after), a fresh store (no cached answers) and its own catalogue index, built before the clock starts.
-Prints wall times, route latency and queue percentiles, and the ratio after / before.
+`--variant` adds a third run to each round: this tree with those settings (`MAILCASCADE_...` environment variables,
+e.g. `MAILCASCADE_LOCAL_SERVER__WEIGHTS=f16,MAILCASCADE_LOCAL_SERVER__FLASH_ATTN=true`) for its CLI and its server.
+Prints wall times, route latency and queue percentiles, and the ratios to before (and variant / after).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -31,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings, Settings  # noqa: E402
+from mailcascade.config import LOCAL_BASE_URL, LOCAL_MODEL, LocalServerSettings, Settings, load_settings  # noqa: E402
 from mailcascade.llm.local_server import LocalServer, prompt_cache_for  # noqa: E402
 
 # llama.cpp's extra buffer types (weight repacking, AMX) crash this VM's llama-cpp-python build on any prompt of
@@ -102,7 +105,9 @@ def main() -> None:
     parser.add_argument("--before", default=BEFORE, help="the revision to compare with")
     parser.add_argument("--rounds", type=int, default=1, help="before/after pairs, alternating")
     parser.add_argument("--inputs", nargs="+", default=INPUTS, help="what to run (default: the quickstart's)")
+    parser.add_argument("--variant", default="", help="KEY=VALUE,...: a third run, this tree with these settings")
     args = parser.parse_args()
+    variant_env = dict(item.split("=", 1) for item in args.variant.split(",") if item)
     INPUTS[:] = args.inputs
     if LocalServer(LocalServerSettings(), LOCAL_BASE_URL).is_up():
         raise SystemExit(f"a server answers at {LOCAL_BASE_URL}: stop it first (each variant starts its own there)")
@@ -114,11 +119,17 @@ def main() -> None:
     before_env = {"MAILCASCADE_CONCURRENCY": "4"}  # old defaults otherwise (torch threads: torch's own)
     after_env = {"MAILCASCADE_LLM__MAX_IN_FLIGHT": "1"}  # what the embedded base URL gets by default
     after_server = prompt_cache_for(Settings().resolved())  # as the pipeline starts it (no RAM cache: k-NN routing)
-    results: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    results: dict[str, list[dict[str, float]]] = {"before": [], "after": [], **({"variant": []} if variant_env else {})}
+    # the variant's server as the pipeline would start it with those settings (its F16 file converted before the clock)
+    variant_server = dataclasses.replace(prompt_cache_for(load_settings(env=variant_env).resolved()),
+                                         cache_dir=str(work / "models"))
     try:
         for n in range(args.rounds):
             results["before"].append(run_variant(f"before{n}", old, before_server, before_env, work))
             results["after"].append(run_variant(f"after{n}", ROOT, after_server, after_env, work))
+            if variant_env:
+                results["variant"].append(run_variant(f"variant{n}", ROOT, variant_server,
+                                                      {**after_env, **variant_env}, work))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
@@ -132,6 +143,9 @@ def main() -> None:
     before = statistics.median(r["seconds"] for r in results["before"])
     after = statistics.median(r["seconds"] for r in results["after"])
     print(f"\nafter / before = {after / before:.2f} of the time (target <= 0.5)")
+    if variant_env:
+        variant = statistics.median(r["seconds"] for r in results["variant"])
+        print(f"variant ({args.variant}) / before = {variant / before:.2f}, variant / after = {variant / after:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from mailcascade.config import LocalServerSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,10 +53,12 @@ def test_run_on_a_few_emails_with_the_embedded_model(tmp_path: Path) -> None:
         stages = {s["stage"]: s for s in r["stages"]}
         # no configuration: strategy "auto" routes with the k-NN router over the shipped examples, the model drafts
         assert stages["route"]["model"].startswith("knn:") and not stages["route"].get("attempts")
-        assert stages["draft"]["model"] and len(stages["draft"]["prompt_hash"]) == 12
+        assert stages["draft"]["model"] == LocalServerSettings().model_name  # F16 weights, flash attention
+        assert len(stages["draft"]["prompt_hash"]) == 12
         assert stages["draft"]["tokens_out"] > 0 and stages["draft"]["latency_ms"] > 0
         assert len(r["hits"]) == 5 and all(h["product_id"].startswith("P") for h in r["hits"])
         if r["status"] == "ok":
             assert r["department"] and isinstance(r["draft"], str) and r["draft"]
     assert not port_busy(8765)  # the command stopped the server it started
+    assert len(list((tmp_path / ".mailcascade" / "models").glob("*.f16.gguf"))) == 1  # converted once, in the cwd
     assert "failure log" in done.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -155,11 +156,16 @@ def test_a_hanging_model_call_is_cancelled_at_the_deadline_and_the_batch_goes_on
 
 
 def test_the_deadline_covers_re_asks(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
-    # every answer is invalid (a re-ask follows) and takes 0.3 s: the second or third call crosses 0.5 s
-    with FakeServer(lambda body: Reply("not json at all"), latency_s=0.3) as server:
-        settings = settings_for(tmp_path, server.base_url, deadline_s=0.5)
+    # every answer is invalid in another way than the one before (a re-ask follows, never "the same failure twice")
+    # and takes 0.5 s: a later call crosses the 1.5 s deadline. The index and router load and the SDK is imported
+    # before the clock starts, so on a loaded machine they do not use it up.
+    answers = itertools.cycle(["not json at all", '{"department": 42}'])
+    with FakeServer(lambda body: Reply(next(answers)), latency_s=0.5) as server:
+        settings = settings_for(tmp_path, server.base_url, deadline_s=1.5)
         settings = settings.replace(validation=dataclasses.replace(settings.validation, max_attempts=10))
         with Pipeline.from_config(settings=settings, index=index) as pipeline:
+            pipeline.start()
+            import openai  # noqa: F401
             result = asyncio.run(pipeline.arun(EMAIL))
     route = result.stages[0]
     assert route.status == "error" and route.error_code == "deadline_exceeded"
@@ -222,8 +228,10 @@ class _SlowIndex:
 
 def test_the_deadline_also_ends_work_that_is_not_a_model_call(tmp_path: Path, index) -> None:  # type: ignore[no-untyped-def]
     with FakeServer(sensible) as server:
-        settings = settings_for(tmp_path, server.base_url, deadline_s=0.3)
-        with Pipeline.from_config(settings=settings, index=_SlowIndex(index, 1.5)) as pipeline:
+        settings = settings_for(tmp_path, server.base_url, deadline_s=1.0)
+        with Pipeline.from_config(settings=settings, index=_SlowIndex(index, 3.0)) as pipeline:
+            pipeline.start()  # loaded and the SDK imported before the clock starts: the route fits in 1 s under load
+            import openai  # noqa: F401
             result = pipeline.run(EMAIL)
     assert [(s.stage, s.status, s.error_code) for s in result.stages] == [
         ("route", "ok", ""), ("retrieve", "error", "deadline_exceeded")]

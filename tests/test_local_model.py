@@ -24,13 +24,13 @@ GEMMA = {"MAILCASCADE_LOCAL_SERVER__MODEL": "gemma3-270m"}
 
 def test_default_is_smollm2_and_llm_model_follows_the_setting() -> None:
     default = load_settings(env={})
-    assert default.local_server.model == "smollm2-135m" and default.llm.model == LOCAL_MODEL
+    assert default.local_server.model == "smollm2-135m" and default.llm.model == f"{LOCAL_MODEL}-f16-fa"
     gemma = load_settings(env=GEMMA)
-    assert gemma.llm.model == "gemma3-270m" == gemma.local_server.model_name
-    assert settings_from_dict(gemma.to_dict()).llm.model == "gemma3-270m"  # a stored run's settings say the same
+    assert gemma.llm.model == "gemma3-270m-fa" == gemma.local_server.model_name  # flash attention: "-fa"
+    assert settings_from_dict(gemma.to_dict()).llm.model == "gemma3-270m-fa"  # a stored run's settings say the same
     back = load_settings(env={**GEMMA, "MAILCASCADE_LOCAL_SERVER__MODEL": "smollm2-135m",
                               "MAILCASCADE_LLM__MODEL": "gemma3-270m"})
-    assert back.llm.model == LOCAL_MODEL  # a local model's name always follows local_server.model
+    assert back.llm.model == f"{LOCAL_MODEL}-f16-fa"  # a local model's name always follows local_server.model
 
 
 def test_llm_model_is_kept_for_another_server_or_another_name() -> None:
@@ -60,10 +60,10 @@ def test_command_names_the_model_and_picks_the_chat_format(tmp_path: Path) -> No
     url = "http://127.0.0.1:8123/v1"
     gemma = LocalServer(LocalServerSettings(model="gemma3-270m", model_path=str(model)), url).command()
     assert gemma[gemma.index("--model") + 1] == str(model)  # model_path still overrides the shipped file
-    assert gemma[gemma.index("--model_alias") + 1] == "gemma3-270m"
+    assert gemma[gemma.index("--model_alias") + 1] == "gemma3-270m-fa"
     assert gemma[gemma.index("--chat_format") + 1] == "gemma3"
     smol = LocalServer(LocalServerSettings(model_path=str(model)), url).command()
-    assert smol[smol.index("--model_alias") + 1] == LOCAL_MODEL
+    assert smol[smol.index("--model_alias") + 1] == f"{LOCAL_MODEL}-fa"  # model_path: weights as they are
     assert "--chat_format" not in smol  # SmolLM2's GGUF carries its own template
 
 
@@ -154,7 +154,7 @@ def test_real_gemma_server_routes_one_email(tmp_path: Path) -> None:
                            timeout_s=600)
     with LocalServer(local, url), OpenAIClient(settings) as client:
         resp = client.complete(request)
-    assert resp.model == "gemma3-270m"
+    assert resp.model == "gemma3-270m-fa"
     assert resp.tokens_in > 40 and resp.tokens_out > 0  # the user turn alone is about 25 tokens: the system text is in
     if resp.finish_reason == "stop":  # grammar-constrained by the schema
         assert json.loads(resp.text)["department"] in departments

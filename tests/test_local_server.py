@@ -83,14 +83,15 @@ def test_command_line_is_accepted_by_llama_cpp_server(tmp_path: Path) -> None:
     add_args_from_model(parser, LlamaSettings)
     args = parser.parse_args(cmd[3:])  # exits (SystemExit) on an unknown flag
     assert (args.model, args.host, args.port) == (str(model), "127.0.0.1", 8123)
-    assert (args.n_ctx, args.n_threads, args.n_threads_batch, args.model_alias) == (1024, 3, 3, LOCAL_MODEL)
+    assert (args.n_ctx, args.n_threads, args.n_threads_batch, args.model_alias) == (1024, 3, 3, f"{LOCAL_MODEL}-fa")
     assert (args.cache, args.cache_type, args.cache_size) == (True, "ram", 512 * 1024 * 1024)
+    assert args.flash_attn is LocalServerSettings().flash_attn
 
 
 def test_the_server_gets_every_core_and_the_embedder_half() -> None:
     from mailcascade.config import EmbeddingSettings, embedder_threads, server_threads
 
-    assert server_threads(LocalServerSettings(), cores=2) == (2, 2)  # generation is nearly all the time
+    assert server_threads(LocalServerSettings(), cores=2) == (2, 2)  # the model calls are nearly all the time
     assert embedder_threads(EmbeddingSettings(), cores=2) == 1
     assert server_threads(LocalServerSettings(), cores=8) == (8, 8)
     assert embedder_threads(EmbeddingSettings(), cores=8) == 4
@@ -174,7 +175,7 @@ def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
 @pytest.mark.slow
 @needs_llama
 @needs_smollm2
-def test_real_server_answers_structured_request() -> None:
+def test_real_server_answers_structured_request(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     schema = {
         "type": "object",
@@ -187,14 +188,16 @@ def test_real_server_answers_structured_request() -> None:
         max_tokens=48,
         schema=schema,
     )
-    settings = LLMSettings(base_url=url, structured_output="json_object", max_retries=0, timeout_s=300)
-    with LocalServer(LocalServerSettings(n_ctx=1024), url) as server:
+    local = LocalServerSettings(n_ctx=1024, cache_dir=str(tmp_path))  # the default F16 weights are converted there
+    settings = LLMSettings(base_url=url, model=local.model_name, structured_output="json_object", max_retries=0,
+                           timeout_s=300)
+    with LocalServer(local, url) as server:
         pid = server.pid
         assert pid is not None and server.running
         with OpenAIClient(settings) as client:
             resp = client.complete(request)
     assert resp.finish_reason in ("stop", "length")
-    assert resp.model == LOCAL_MODEL
+    assert resp.model == LocalServerSettings().model_name
     assert resp.tokens_in > 0 and resp.tokens_out > 0
     if resp.finish_reason == "stop":  # grammar-constrained by the schema
         assert json.loads(resp.text)["department"] in ("orders", "billing", "returns")

@@ -32,6 +32,7 @@ StructuredMode = Literal["json_schema", "json_object", "none"]
 LOCAL_BASE_URL = "http://127.0.0.1:8765/v1"
 LOCAL_MODEL = "smollm2-135m-instruct"
 LocalModel = Literal["smollm2-135m", "gemma3-270m"]
+LocalWeights = Literal["auto", "shipped", "f16"]
 # the name the embedded server reports for each model (llm.model, so the cache key and run.json say which ran)
 LOCAL_MODEL_NAMES: Mapping[str, str] = {"smollm2-135m": LOCAL_MODEL, "gemma3-270m": "gemma3-270m"}
 LOCAL_SLOTS = 1  # llama-cpp-python's server answers one request at a time (one llama context behind a lock)
@@ -51,8 +52,8 @@ def available_cores() -> int:
 def server_threads(local: LocalServerSettings, cores: int | None = None) -> tuple[int, int]:
     """(n_threads, n_threads_batch) for the embedded llama.cpp server: as set, or every core.
 
-    Generation is nearly all the time the embedded model takes (the quickstart's 5 emails: 31 s on 2 threads, 46 s
-    on 1, on 2 cores); the embedder's work beside it is one short query per email (its vectors are remembered), so
+    The model's calls are nearly all of a run's time (the quickstart's 5 emails: 31 s on 2 threads, 46 s on 1, on 2
+    cores); the embedder's work beside it is one short query per email (its vectors are remembered), so
     the server does not keep cores idle for it. See `embedder_threads`.
     """
     threads = local.n_threads or (cores or available_cores())
@@ -119,7 +120,13 @@ class LocalServerSettings:
     # (LOCAL_MODEL_NAMES) and picks the chat format
     model: LocalModel = "smollm2-135m"
     model_path: str = ""  # a GGUF file to run instead of the shipped one of `model`; empty: the shipped one
-    cache_dir: str = ".mailcascade/models"  # gemma3-270m's GGUF is assembled here once from its chunk packages
+    # where gemma3-270m's GGUF is assembled once from its chunk packages, and the f16 weights are converted once
+    cache_dir: str = ".mailcascade/models"
+    # shipped: run the GGUF as shipped (or model_path); f16: an F16 copy of it, converted once into cache_dir (prompt
+    # evaluation, most of a draft's time, is faster in F16 than in SmolLM2's shipped Q4_1 on CPU); auto: f16 for the
+    # shipped smollm2-135m, shipped otherwise (see weights_in_use)
+    weights: LocalWeights = "auto"
+    flash_attn: bool = True  # llama.cpp's flash attention
     n_ctx: int = 4096
     # llama.cpp threads for generation and for prompt evaluation; 0: auto (server_threads(): every core)
     n_threads: int = 0
@@ -131,9 +138,25 @@ class LocalServerSettings:
     startup_timeout_s: float = 120.0
 
     @property
+    def weights_in_use(self) -> Literal["shipped", "f16"]:
+        """`weights`, with "auto" decided: F16 for SmolLM2's shipped Q4_1 GGUF (llama.cpp has no fast CPU kernel for
+        Q4_1; the quickstart runs in 0.77-0.79 of the time, ePQA's drafts in 0.47, at the same quality within the noise:
+        README), the file as it is for Gemma's Q4_K_M (which has one) and for a `model_path` of unknown type."""
+        if self.weights != "auto":
+            return self.weights
+        return "f16" if self.model == "smollm2-135m" and not self.model_path else "shipped"
+
+    @property
     def model_name(self) -> str:
-        """The name the server reports (its model alias)."""
-        return LOCAL_MODEL_NAMES[self.model]
+        """The name the server reports (its model alias): the model's, marked "-f16" with F16 weights and "-fa" with
+        flash attention, since both change its answers (the response cache keys on it)."""
+        return (LOCAL_MODEL_NAMES[self.model] + ("-f16" if self.weights_in_use == "f16" else "")
+                + ("-fa" if self.flash_attn else ""))
+
+
+def is_local_model_name(name: str) -> bool:
+    """True for a name the embedded server reports for some `local_server` setting."""
+    return name.removesuffix("-fa").removesuffix("-f16") in LOCAL_MODEL_NAMES.values()
 
 
 @dataclass(frozen=True)
@@ -278,7 +301,7 @@ class Settings:
     def __post_init__(self) -> None:
         # with the embedded server, llm.model is the name of the model local_server.model runs (unless it names
         # another model): the server reports it, and the cache key and run.json record it
-        if self.uses_local_server and self.llm.model in LOCAL_MODEL_NAMES.values():
+        if self.uses_local_server and is_local_model_name(self.llm.model):
             object.__setattr__(self, "llm", dataclasses.replace(self.llm, model=self.local_server.model_name))
 
     @property

