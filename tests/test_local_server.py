@@ -204,3 +204,35 @@ def test_real_server_answers_structured_request(tmp_path: Path) -> None:
     assert server.pid is None and not server.running
     assert not pid_alive(pid)
     assert not server.is_up()
+
+
+@pytest.mark.slow
+@needs_llama
+@needs_smollm2
+def test_the_server_stops_when_its_parent_exits_without_stopping_it(tmp_path: Path) -> None:
+    # what `mailcascade eval` does on SIGTERM: the server belongs to a worker thread and the process exits at once
+    # (os._exit), so nothing calls stop(); the server must not be left on the port
+    import subprocess
+    import sys
+    import time
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    parent = subprocess.run(
+        [sys.executable, "-c",
+         "import os\n"
+         "from mailcascade.config import LocalServerSettings\n"
+         "from mailcascade.llm import LocalServer\n"
+         f"server = LocalServer(LocalServerSettings(n_ctx=512, cache_dir={str(tmp_path)!r}), {url!r})\n"
+         "server.start()\n"
+         "print(server.pid, flush=True)\n"
+         "os._exit(0)\n"],
+        capture_output=True, text=True, timeout=300, check=True)
+    pid = int(parent.stdout.split()[-1])
+    for _ in range(600):  # a hang guard, not a speed limit: the orphan notices within a second
+        if not pid_alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the llama.cpp server outlived the process that started it")
+    assert not LocalServer(LocalServerSettings(), url).is_up()
