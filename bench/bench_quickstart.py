@@ -3,14 +3,15 @@
     python bench/bench_quickstart.py [--before REV] [--rounds N] [--inputs PATH...] [--variant KEY=VALUE,...]
 
 "before" runs the code of revision REV (default: the commit before the one-slot change) from a temporary git
-worktree, with that revision's defaults: llama.cpp on 2 threads for generation and prompt evaluation, no prompt
-cache, torch on its default threads, 4 emails in flight and no limit on requests in flight (the server queues them),
-grammar bounds sent, routing by the LLM. "after" runs this tree's defaults: one slot (the client queues), 2 emails
-in flight, llama.cpp on every core and torch on half, no grammar bounds, and `[route]
-strategy = "auto"` (on the embedded model: the k-NN router over the shipped examples, no route call, so no RAM
-prompt cache: see `prompt_cache_for`). Each variant
-gets its own llama.cpp server at the quickstart's endpoint (LOCAL_BASE_URL, which must be free; started here,
-stopped after), a fresh store (no cached answers) and its own catalogue index, built before the clock starts.
+worktree, with that revision's defaults: llama-cpp-python's own server on the shipped Q4_1 file without flash
+attention, llama.cpp on 2 threads for generation and prompt evaluation, no prompt cache, torch on its default
+threads, 4 emails in flight and no limit on requests in flight (the server queues them), grammar bounds sent,
+routing by the LLM. "after" runs this tree's defaults: one slot (the client queues), 2 emails in flight, llama.cpp
+on every core and torch on half, F16 weights with flash attention and this project's server (its grammar sampler),
+no grammar bounds, and `[route] strategy = "auto"` (on the embedded model: the k-NN router over the shipped
+examples, no route call, so no RAM prompt cache: see `prompt_cache_for`). Each variant gets its own llama.cpp
+server at the quickstart's endpoint (LOCAL_BASE_URL, which must be free; started here, stopped after), a fresh
+store (no cached answers) and its own catalogue index, built before the clock starts.
 `--variant` adds a third run to each round: this tree with those settings (`MAILCASCADE_...` environment variables,
 e.g. `MAILCASCADE_LOCAL_SERVER__WEIGHTS=f16,MAILCASCADE_LOCAL_SERVER__FLASH_ATTN=true`) for its CLI and its server.
 Prints wall times, route latency and queue percentiles, and the ratios to before (and variant / after).
@@ -50,7 +51,7 @@ INPUTS = ["data/sample_emails.jsonl", "data/emails"]
 
 
 def run_variant(name: str, tree: Path, server: LocalServerSettings, env_extra: dict[str, str],
-                work: Path) -> dict[str, float]:
+                work: Path, stock_server: bool = False) -> dict[str, float]:
     base_url = LOCAL_BASE_URL  # the quickstart's own endpoint, so each tree's defaults apply as they do there
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILCASCADE_")}
     env.update({
@@ -65,6 +66,8 @@ def run_variant(name: str, tree: Path, server: LocalServerSettings, env_extra: d
     out = work / f"{name}.jsonl"
     local = LocalServer(server, base_url)
     command = local.command()
+    if stock_server:  # llama-cpp-python's own server, as the before tree ran it (no sampler or parent watch of ours)
+        command[1:3] = ["-m", "llama_cpp.server"]
     if os.environ.get("BENCH_NO_EXTRA_BUFTS"):  # see the module docstring
         command[1:3] = ["-c", NO_EXTRA_BUFTS]
     log = (work / f"{name}-server.log").open("wb")
@@ -115,7 +118,9 @@ def main() -> None:
     old = work / "before-tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT, check=True,
                    capture_output=True)
-    before_server = LocalServerSettings(n_threads=2, n_threads_batch=2, cache=False)  # the old command line
+    # the old command line: the shipped Q4_1 file, no flash attention, llama-cpp-python's own server
+    before_server = LocalServerSettings(n_threads=2, n_threads_batch=2, cache=False, weights="shipped",
+                                        flash_attn=False)
     before_env = {"MAILCASCADE_CONCURRENCY": "4"}  # old defaults otherwise (torch threads: torch's own)
     after_env = {"MAILCASCADE_LLM__MAX_IN_FLIGHT": "1"}  # what the embedded base URL gets by default
     after_server = prompt_cache_for(Settings().resolved())  # as the pipeline starts it (no RAM cache: k-NN routing)
@@ -125,7 +130,8 @@ def main() -> None:
                                          cache_dir=str(work / "models"))
     try:
         for n in range(args.rounds):
-            results["before"].append(run_variant(f"before{n}", old, before_server, before_env, work))
+            results["before"].append(run_variant(f"before{n}", old, before_server, before_env, work,
+                                                 stock_server=True))
             results["after"].append(run_variant(f"after{n}", ROOT, after_server, after_env, work))
             if variant_env:
                 results["variant"].append(run_variant(f"variant{n}", ROOT, variant_server,
