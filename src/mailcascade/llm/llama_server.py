@@ -72,7 +72,9 @@ class ChosenTokenGrammar:
         self._grammar.add_grammar(llama._model, grammar)
         self._data = (llama_cpp.llama_token_data * self._n_vocab)()
         self._view = np.ctypeslib.as_array(self._data)  # fields id, logit, p: a view on the same memory
-        self._ids = np.arange(self._n_vocab, dtype=np.int32)
+        # ids and p are set once: the penalties and the grammar only change logits, in place (so index == token id)
+        self._view["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        self._view["p"] = 0.0
         self._one = (llama_cpp.llama_token_data * 1)()
         self.steps = 0
         self.full_masks = 0  # steps where the grammar rejected the highest-scoring token
@@ -85,9 +87,7 @@ class ChosenTokenGrammar:
     def sample(self, ctx: _internals.LlamaContext, idx: int = -1) -> int:
         logits = llama_cpp.llama_get_logits_ith(ctx.ctx, idx)
         view = self._view
-        view["id"] = self._ids
         view["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
-        view["p"] = 0.0
         self._apply(self._penalties, self._data, self._n_vocab)
         token = int(np.argmax(view["logit"]))
         self.steps += 1
